@@ -1,0 +1,83 @@
+"""Stage `evaluate`: greedy decoding on test and test_ood, base model and fine-tuned side by side.
+
+Scores come from the project's own `evaluate` metric modules, loaded by path so that nothing is
+fetched from a hub: triple P/R/F1 (strict and unordered), exact match, parse failures,
+per-relation F1 (`triple_f1`) and character-level ROUGE-L (`rouge_l_zh`).
+"""
+
+from __future__ import annotations
+
+import csv
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_file, jsonl_line, read_jsonl, write_json
+from .rawdata import load_raw
+
+
+def metric_path(name: str) -> str:
+    return str(resources.files("relsft") / "resources" / "metrics" / name)
+
+
+def score(predictions: list[str], references: list[str], symmetric: list[str]) -> dict[str, Any]:
+    import evaluate
+
+    triple = evaluate.load(metric_path("triple_f1"))
+    rouge = evaluate.load(metric_path("rouge_l_zh"))
+    out = triple.compute(predictions=predictions, references=references, symmetric=symmetric)
+    out.update(rouge.compute(predictions=predictions, references=references))
+    return out
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def evaluate_model(model, tok, examples: list[dict[str, Any]], symmetric: list[str], cfg: dict[str, Any],
+                   desc: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from .generation import greedy_generate
+
+    results = greedy_generate(model, tok, [e["text"] for e in examples], cfg["max_new_tokens"], cfg["batch_size"],
+                              desc=desc)
+    scores = score([r["answer"] for r in results], [e["output"] for e in examples], symmetric)
+    scores["stopped_rate"] = sum(r["stopped"] for r in results) / max(1, len(results))
+    rows = [{"id": e["id"], "text": e["text"], "gold": e["output"], **r} for e, r in zip(examples, results)]
+    return scores, rows
+
+
+def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str | Path, data_dir: str | Path,
+                 metrics_path: str | Path, reports_dir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    from .generation import load_for_inference
+
+    symmetric = sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
+    splits = {s: list(read_jsonl(Path(dataset_dir) / f"{s}.jsonl"))[: cfg["max_examples"] or None]
+              for s in cfg["splits"]}
+    models = {"finetuned": (base_dir, adapter_dir)}
+    if cfg["include_base"]:
+        models["base"] = (base_dir, None)
+    metrics: dict[str, Any] = {}
+    per_relation_rows = []
+    reports_dir = Path(reports_dir)
+    for name, (model_dir, adapter) in models.items():
+        model, tok = load_for_inference(model_dir, adapter)
+        for split, examples in splits.items():
+            scores, rows = evaluate_model(model, tok, examples, symmetric, cfg, desc=f"evaluate {name} {split}")
+            per_relation = scores.pop("per_relation")
+            metrics.setdefault(name, {})[split] = _rounded(scores)
+            per_relation_rows += [{"model": name, "split": split, "relation": rel, "f1": round(v["f1"], 4),
+                                   "support": v["support"]} for rel, v in per_relation.items()]
+            with atomic_file(reports_dir / "predictions" / f"{name}_{split}.jsonl") as f:
+                f.writelines(jsonl_line(r) for r in rows)
+    write_json(metrics_path, metrics)
+    for split in splits:  # one file per split: dvc plots colours the bars by file
+        with atomic_file(reports_dir / f"per_relation_f1_{split}.csv") as f:
+            w = csv.DictWriter(f, fieldnames=["relation", "f1", "support"])
+            w.writeheader()
+            w.writerows({k: r[k] for k in ("relation", "f1", "support")} for r in per_relation_rows
+                        if r["model"] == "finetuned" and r["split"] == split)
+    for name, by_split in metrics.items():
+        for split, m in by_split.items():
+            print(f"{name:9s} {split:8s} strict F1 {m['strict_f1']:.4f}  unordered F1 {m['unordered_f1']:.4f}  "
+                  f"exact {m['exact_match']:.4f}  parse failures {m['parse_failure_rate']:.4f}")
+    return metrics

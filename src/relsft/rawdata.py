@@ -1,0 +1,143 @@
+"""The raw inputs under data/: relation vocabulary, sentence templates, distractors, surnames,
+given-name characters and hand-annotated passages.
+
+The package ships the default inputs; `relsft init-data` writes them to data/ byte-identically,
+so a fresh clone without a reachable DVC remote still matches data.dvc (`dvc status` is clean).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+FILES = ("relations.tsv", "templates.tsv", "distractors.txt", "surnames.txt", "given_chars.txt", "annotated.jsonl")
+PLACEHOLDER_RE = re.compile(r"\{(\w*)\}")
+TEMPLATE_FIELDS = {"x", "y", "r"}
+DISTRACTOR_FIELDS = {"n", "m"}
+FORMS = ("pair", "role")
+
+
+class RawDataError(ValueError):
+    """A raw input file cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class RelationType:
+    name: str
+    symmetric: bool
+    forms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Template:
+    split: str  # "train" or "ood"
+    form: str
+    relations: tuple[str, ...] | None  # None: every relation of the form
+    text: str
+    line: int
+
+
+@dataclass(frozen=True)
+class RawData:
+    relations: dict[str, RelationType]
+    templates: list[Template]
+    distractors: list[str]
+    surnames: list[str]
+    given_chars: list[str]
+    annotated: list[str]  # raw lines, passed through for validate to judge
+
+    def fixed_text(self) -> str:
+        """Every text the project writes itself (no names): what the tokenizer is trained on."""
+        parts = [t.text for t in self.templates if t.split == "train"] + self.distractors
+        parts += [r.name for r in self.relations.values()]
+        return "\n".join(parts)
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    if not path.exists():
+        raise RawDataError(f"{path}: missing. Run `relsft init-data` to write the default inputs, or `dvc pull`.")
+    out = []
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            out.append((no, line.rstrip("\n")))
+    return out
+
+
+def _check_placeholders(path: Path, no: int, text: str, allowed: set[str]) -> None:
+    bad = set(PLACEHOLDER_RE.findall(text)) - allowed
+    if bad or text.count("{") != text.count("}"):
+        raise RawDataError(f"{path}:{no}: bad placeholder in {text!r}; allowed: {sorted(allowed)}")
+
+
+def load_raw(data_dir: str | Path) -> RawData:
+    d = Path(data_dir)
+    relations: dict[str, RelationType] = {}
+    for no, line in _lines(d / "relations.tsv"):
+        cols = line.split("\t")
+        if len(cols) != 3 or cols[1] not in ("yes", "no") or not set(cols[2].split(",")) <= set(FORMS):
+            raise RawDataError(
+                f"{d / 'relations.tsv'}:{no}: expected 'relation<TAB>yes|no<TAB>pair,role', got {line!r}"
+            )
+        relations[cols[0]] = RelationType(cols[0], cols[1] == "yes", tuple(cols[2].split(",")))
+
+    templates = []
+    for no, line in _lines(d / "templates.tsv"):
+        cols = line.split("\t")
+        if len(cols) != 4 or cols[0] not in ("train", "ood") or cols[1] not in FORMS:
+            raise RawDataError(
+                f"{d / 'templates.tsv'}:{no}: expected 'train|ood<TAB>pair|role<TAB>*|rel,rel<TAB>template', got {line!r}"
+            )
+        _check_placeholders(d / "templates.tsv", no, cols[3], TEMPLATE_FIELDS)
+        # A restriction list is taken as written: a relation outside the vocabulary is validate's to catch.
+        rels = None if cols[2] == "*" else tuple(cols[2].split(","))
+        templates.append(Template(cols[0], cols[1], rels, cols[3], no))
+
+    distractors = []
+    for no, line in _lines(d / "distractors.txt"):
+        _check_placeholders(d / "distractors.txt", no, line, DISTRACTOR_FIELDS)
+        distractors.append(line.strip())
+
+    surnames = [s for _, line in _lines(d / "surnames.txt") for s in line.split()]
+    given = [c for _, line in _lines(d / "given_chars.txt") for c in line.strip()]
+    annotated = [line for _, line in _lines(d / "annotated.jsonl")]
+    return RawData(relations, templates, distractors, surnames, list(dict.fromkeys(given)), annotated)
+
+
+def parse_annotated(line: str) -> dict[str, str]:
+    """Annotated passages pass through as they are; a line that is not a JSON object with string
+    `text` and `output` is kept verbatim (output empty) so that validate reports it with the rest."""
+    try:
+        rec = json.loads(line)
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str) and isinstance(rec.get("output"), str):
+            return {"text": rec["text"], "output": rec["output"]}
+    except json.JSONDecodeError:
+        pass
+    return {"text": line, "output": ""}
+
+
+def default_files():
+    return resources.files("relsft") / "resources" / "data"
+
+
+def init_data(data_dir: str | Path = "data", force: bool = False) -> list[Path]:
+    """Write the packaged default inputs to `data_dir`. Existing different files are kept unless `force`."""
+    d = Path(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    written, kept = [], []
+    for name in FILES:
+        src, dst = default_files() / name, d / name
+        data = src.read_bytes()
+        if dst.exists() and dst.read_bytes() != data and not force:
+            kept.append(dst)
+            continue
+        if not dst.exists() or dst.read_bytes() != data:
+            with resources.as_file(src) as p:
+                shutil.copyfile(p, dst)
+            written.append(dst)
+    if kept:
+        print(f"kept {len(kept)} locally changed file(s) (use --force to overwrite): {', '.join(map(str, kept))}")
+    return written

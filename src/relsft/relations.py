@@ -1,0 +1,62 @@
+"""The answer format, `A-B:rel` one per line, and its parser.
+
+`A-B:rel` means "A is B's rel" for asymmetric relations; for symmetric ones the order is free.
+Everything that reads model output (evaluation, the client, validation) goes through here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+INSTRUCTION = "从以下小说内容中提取人物关系:"
+
+# Names and relations may not contain the separators, whitespace or the line break.
+LINE_RE = re.compile(r"^(?P<a>[^\s\-:]+)-(?P<b>[^\s\-:]+):(?P<rel>[^\s\-:]+)$")
+
+
+@dataclass(frozen=True)
+class Relation:
+    a: str
+    b: str
+    rel: str
+
+    def line(self) -> str:
+        return f"{self.a}-{self.b}:{self.rel}"
+
+    def unordered(self) -> tuple[frozenset[str], str]:
+        return frozenset((self.a, self.b)), self.rel
+
+
+@dataclass(frozen=True)
+class Parsed:
+    relations: list[Relation]
+    bad_lines: list[str]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.bad_lines)
+
+
+def parse_line(line: str) -> Relation | None:
+    m = LINE_RE.match(line.strip())
+    return Relation(m["a"], m["b"], m["rel"]) if m else None
+
+
+def parse_output(text: str) -> Parsed:
+    """Parse a model answer; blank lines are ignored, anything else that is not `A-B:rel` is kept as bad."""
+    relations, bad = [], []
+    for line in text.strip().splitlines():
+        if not line.strip():
+            continue
+        rel = parse_line(line)
+        (relations if rel else bad).append(rel or line)
+    return Parsed(relations, bad)
+
+
+def prompt_text(text: str) -> str:
+    return INSTRUCTION + text
+
+
+def user_messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt_text(text)}]

@@ -1,0 +1,149 @@
+"""Stage `train`: TRL `SFTTrainer` + PEFT LoRA on the formatted prompt/completion records.
+
+Checkpoints go to `<checkpoint_dir>/<run key>/`, where the key hashes the base model, the data
+and the train params: a killed run started again with the same inputs resumes from its last
+checkpoint (`train.resume: true`), and a changed config never resumes from a stale one. The
+same code runs on GPU and on several GPUs with `accelerate launch -m relsft.cli train`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_dir, atomic_file, write_json
+
+
+def run_key(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    for f in sorted([*base_dir.glob("*.json"), *base_dir.glob("*.safetensors"), *formatted_dir.glob("*.jsonl")]):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+
+
+def write_loss_curves(log_history: list[dict[str, Any]], plots_dir: Path) -> None:
+    rows = {"train_loss.csv": ("loss", "loss"), "eval_loss.csv": ("eval_loss", "eval_loss")}
+    for name, (key, column) in rows.items():
+        with atomic_file(plots_dir / name) as f:
+            w = csv.writer(f)
+            w.writerow(["step", column])
+            for entry in log_history:
+                if key in entry:
+                    w.writerow([entry["step"], round(entry[key], 6)])
+
+
+def sft_config(cfg: dict[str, Any], output_dir: Path, **overrides: Any):
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    args = dict(
+        output_dir=str(output_dir),
+        max_steps=cfg["max_steps"],
+        num_train_epochs=cfg["epochs"],
+        per_device_train_batch_size=cfg["batch_size"],
+        per_device_eval_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
+        learning_rate=cfg["learning_rate"],
+        lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_steps=cfg["warmup_ratio"],  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg["weight_decay"],
+        max_length=cfg["max_length"],
+        # Packing flattens a batch into one row; that pays off only with varlen attention kernels
+        # (flash-attention on GPU). On CPU, length-grouped batches waste less than packing costs.
+        packing=cfg["packing"],
+        packing_strategy="bfd",
+        padding_free=cfg["packing"],
+        train_sampling_strategy="random" if cfg["packing"] else "group_by_length",
+        completion_only_loss=True,
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        logging_steps=cfg["logging_steps"],
+        eval_strategy="steps",
+        eval_steps=cfg["eval_steps"],
+        save_strategy="steps",
+        save_steps=cfg["save_steps"],
+        save_total_limit=2,
+        # TRL defaults both on even on CPU, where bf16 autocast is slow and checkpointing only costs time.
+        bf16=on_gpu and cfg["bf16_on_gpu"],
+        gradient_checkpointing=False,
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+    args.update(overrides)
+    return SFTConfig(**args)
+
+
+def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_dir: Path, data_collator=None,
+                  **overrides: Any):
+    """The SFTTrainer of the train stage; `overrides` change SFTConfig fields (the benchmark uses them)."""
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg["num_threads"])
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    data = load_dataset("json", data_files={s: str(formatted_dir / f"{s}.jsonl") for s in ("train", "val")})
+    data = data.remove_columns("id")
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg["lora"]["r"],
+        lora_alpha=cfg["lora"]["alpha"],
+        lora_dropout=cfg["lora"]["dropout"],
+        target_modules=cfg["lora"]["target_modules"],
+        modules_to_save=cfg["lora"]["modules_to_save"] or None,
+        ensure_weight_tying=bool(cfg["lora"]["modules_to_save"]),
+    )
+    return SFTTrainer(
+        model=model,
+        args=sft_config(cfg, run_dir, **overrides),
+        train_dataset=data["train"],
+        eval_dataset=data["val"],
+        processing_class=tok,
+        peft_config=lora,
+        data_collator=data_collator,
+    )
+
+
+def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, plots_dir: str | Path,
+          cfg: dict[str, Any]) -> dict[str, Any]:
+    base_dir, formatted_dir = Path(base_dir), Path(formatted_dir)
+    run_dir = Path(cfg["checkpoint_dir"]) / run_key(base_dir, formatted_dir, cfg)
+    trainer = build_trainer(base_dir, formatted_dir, cfg, run_dir)
+    tok = trainer.processing_class
+    resume = last_checkpoint(run_dir) if cfg["resume"] else None
+    if resume:
+        print(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    write_loss_curves(trainer.state.log_history, Path(plots_dir))
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    summary = {
+        "steps": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 6),
+        "final_eval_loss": next((round(e["eval_loss"], 6) for e in reversed(trainer.state.log_history)
+                                 if "eval_loss" in e), None),
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "run_key": run_dir.name,
+    }
+    write_json(Path(plots_dir) / "train_summary.json", summary)
+    return summary

@@ -1,0 +1,57 @@
+"""base: the embedded default model and its tokenizer, as reloaded from disk."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from relsft.base import build_base
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tiny_params, raw_data_dir):
+    params = dict(tiny_params, data={"dir": str(raw_data_dir)})
+    return build_base(params, tmp_path_factory.mktemp("base") / "base")
+
+
+def test_build_is_deterministic(base_dir, tiny_params, raw_data_dir, tmp_path):
+    params = dict(tiny_params, data={"dir": str(raw_data_dir)})
+    again = build_base(params, tmp_path / "base")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (again / name).read_bytes() == (base_dir / name).read_bytes(), name
+
+
+def test_reloaded_tokenizer_is_lossless_on_any_chinese_text(base_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    rng = random.Random(0)
+    # Common, rare (CJK extension A/B) and non-Chinese characters, none of them special.
+    samples = ["韩立与紫灵是师徒关系。 萧炎是林清的好友。", "龘靐齉爨 𠀀𠀁 𪚥", "hello 123 ABC\n\t!?",
+               "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(300)),
+               "".join(chr(rng.randint(0x20000, 0x2A6DF)) for _ in range(50))]
+    for text in samples:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+
+
+def test_common_characters_are_single_tokens_and_specials_are_atomic(base_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    for ch in "韩立紫灵萧炎林清":
+        assert len(tok(ch, add_special_tokens=False)["input_ids"]) == 1, ch
+    for special in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1
+    assert tok.eos_token == "<|im_end|>"
+
+
+def test_chat_template_is_chatml(base_dir):
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    text = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+    config = AutoConfig.from_pretrained(base_dir)
+    assert config.model_type == "qwen2" and config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")

@@ -1,0 +1,121 @@
+"""generate: determinism, label correctness, OOD isolation, streaming scale."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from relsft.generate import Generator, generate
+from relsft.rawdata import RawDataError, Template, load_raw
+from relsft.relations import parse_output
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, raw_data_dir, tiny_params):
+    out = tmp_path_factory.mktemp("gen")
+    generate(raw_data_dir, out, tiny_params["generate"])
+    return out
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_byte_identical_with_same_params(generated, raw_data_dir, tiny_params, tmp_path):
+    generate(raw_data_dir, tmp_path, tiny_params["generate"])
+    for split in ("train", "val", "test", "test_ood"):
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (generated / f"{split}.jsonl").read_bytes()
+
+
+def test_other_seed_gives_other_data(generated, raw_data_dir, tiny_params, tmp_path):
+    generate(raw_data_dir, tmp_path, dict(tiny_params["generate"], seed=7))
+    assert (tmp_path / "train.jsonl").read_bytes() != (generated / "train.jsonl").read_bytes()
+
+
+def test_labels_are_consistent_with_text(generated, raw_data_dir):
+    vocab = load_raw(raw_data_dir).relations
+    for split in ("train", "test", "test_ood"):
+        for ex in read(generated / f"{split}.jsonl"):
+            parsed = parse_output(ex["output"])
+            assert not parsed.failed and 1 <= len(parsed.relations) <= 4, ex
+            for r in parsed.relations:
+                assert r.rel in vocab and r.rel in ex["text"], ex
+                assert r.a in ex["text"] and r.b in ex["text"] and r.a != r.b, ex
+
+
+def test_ood_names_and_templates_never_occur_in_train(generated, raw_data_dir):
+    train_text = "".join(ex["text"] + ex["output"] for ex in read(generated / "train.jsonl"))
+    raw = load_raw(raw_data_dir)
+    ood_templates = [t.text for t in raw.templates if t.split == "ood"]
+    for ex in read(generated / "test_ood.jsonl"):
+        for r in parse_output(ex["output"]).relations:
+            assert not set(r.a + r.b) & set(train_text), (r, "OOD name characters leak into train")
+    for t in ood_templates:
+        fixed = t.split("{")[0] + "".join(part.split("}")[1] for part in t.split("{")[1:])
+        assert fixed not in train_text or not fixed  # the template's whole text never appears in train
+
+
+def _render(raw, text, relation):
+    gen = Generator(raw, {"ood_fraction": 0.15, "seed": 0, "min_relations": 1, "max_relations": 1,
+                          "distractor_weights": [1, 0, 0]})
+    gen.templates["train"] = [Template("train", "role", (relation,), text, 0)]
+    import random
+
+    return gen.example(random.Random(0), "train")
+
+
+@pytest.mark.parametrize("template", ["{x}是{y}的{r}。", "{y}的{r}是{x}。", "{y}有一位{r},名叫{x}。",
+                                      "身为{y}的{r},{x}从不退缩。"])
+def test_asymmetric_direction_follows_meaning_not_word_order(raw_data_dir, template):
+    """`{y}的{r}是{x}` names y first, yet x holds the relation: the label must say x-y."""
+    ex = _render(load_raw(raw_data_dir), template, "师父")
+    (rel,) = parse_output(ex["output"]).relations
+    holder, other = rel.a, rel.b
+    # Put the names back into the template: it must reproduce the text exactly.
+    assert template.format(x=holder, y=other, r="师父") == ex["text"]
+
+
+def test_receiving_a_disciple_is_labelled_as_disciple(raw_data_dir):
+    """The classic bug: `X收Y为徒弟` labelled as X-Y:师徒 whatever was drawn. Here Y is X's 徒弟."""
+    ex = _render(load_raw(raw_data_dir), "{y}收{x}为{r}。", "徒弟")
+    (rel,) = parse_output(ex["output"]).relations
+    assert ex["text"] == f"{rel.b}收{rel.a}为徒弟。" and rel.rel == "徒弟"
+
+
+def test_every_template_states_the_drawn_relation(raw_data_dir):
+    raw = load_raw(raw_data_dir)
+    assert sum(t.split == "train" for t in raw.templates) > 8
+    for t in raw.templates:
+        assert "{r}" in t.text and "{x}" in t.text and "{y}" in t.text, t
+
+
+def test_malformed_template_file_is_reported_with_its_line(raw_data_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(raw_data_dir, d)
+    with (d / "templates.tsv").open("a", encoding="utf-8") as f:
+        f.write("train\tpair\t{x}和{y}\n")
+    with pytest.raises(RawDataError, match=r"templates.tsv:\d+"):
+        load_raw(d)
+
+
+def test_a_million_examples_stream_in_bounded_memory(raw_data_dir, tmp_path):
+    """Generation streams: memory stays flat while the file grows (200k examples here, ~1/5 of the 1M goal)."""
+    code = f"""
+import resource, sys
+from relsft.generate import generate
+p = {{"seed": 1, "ood_fraction": 0.15, "min_relations": 1, "max_relations": 4, "distractor_weights": [5, 3, 2],
+     "sizes": {{"train": int(sys.argv[1]), "val": 10, "test": 10, "test_ood": 10}}}}
+generate({str(raw_data_dir)!r}, {str(tmp_path)!r}, p)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    small = int(subprocess.run([sys.executable, "-c", code, "2000"], capture_output=True, text=True, check=True).stdout)
+    big = int(subprocess.run([sys.executable, "-c", code, "200000"], capture_output=True, text=True, check=True).stdout)
+    size_mb = (tmp_path / "train.jsonl").stat().st_size / 2**20
+    assert size_mb > 30
+    # Only 8-byte digests are kept per example: far less than the data itself.
+    assert big - small < size_mb / 2, (small, big, size_mb)

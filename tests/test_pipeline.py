@@ -1,0 +1,144 @@
+"""The whole pipeline as a user runs it: a real git + DVC project, `dvc repro` on a tiny config.
+
+One project is built per session (module fixture); the tests then read what each stage wrote,
+run an experiment, render plots, and break the data to check nothing good is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_project, run
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_params) -> Path:
+    proj = make_project(tmp_path_factory.mktemp("pipeline") / "proj", tiny_params)
+    run(["dvc", "repro"], proj)
+    run(["git", "add", "-A"], proj)
+    run(["git", "commit", "-q", "-m", "pipeline run"], proj)
+    return proj
+
+
+def tree_digest(d: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(d.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(d)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_second_repro_is_a_no_op(project):
+    proc = run(["dvc", "repro"], project)
+    assert "didn't change, skipping" in proc.stdout and "Running stage" not in proc.stdout
+    assert "is up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_training_loss_falls(project):
+    with (project / "reports/training/train_loss.csv").open() as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert len(losses) >= 4 and losses[-1] < losses[0] * 0.8, losses
+    summary = json.loads((project / "reports/training/train_summary.json").read_text())
+    assert summary["steps"] == 24
+
+
+def test_metrics_have_both_models_and_splits(project):
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert set(metrics) == {"finetuned", "base"}
+    for model in metrics.values():
+        assert set(model) == {"test", "test_ood"}
+        for m in model.values():
+            for key in ("strict_f1", "unordered_f1", "exact_match", "parse_failure_rate", "rougeL", "stopped_rate"):
+                assert 0.0 <= m[key] <= 1.0
+    # 24 steps on a 2-layer model learn the answer format, which the random base never produces.
+    assert metrics["finetuned"]["test"]["rougeL"] > metrics["base"]["test"]["rougeL"]
+    assert metrics["finetuned"]["test"]["parse_failure_rate"] < metrics["base"]["test"]["parse_failure_rate"]
+    shown = run(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "strict_f1" in shown and "test_ood" in shown
+
+
+def test_predictions_match_metrics(project):
+    from relsft.evaluate import score
+    from relsft.io import read_jsonl
+    from relsft.rawdata import load_raw
+
+    rows = list(read_jsonl(project / "reports/eval/predictions/finetuned_test.jsonl"))
+    symmetric = [r.name for r in load_raw(project / "data").relations.values() if r.symmetric]
+    recomputed = score([r["answer"] for r in rows], [r["gold"] for r in rows], symmetric)
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert round(recomputed["strict_f1"], 4) == metrics["finetuned"]["test"]["strict_f1"]
+
+
+def test_merge_parity_was_checked(project):
+    report = json.loads((project / "models/merged/merge_parity.json").read_text())
+    assert report == {"prompts": 24, "mismatches": 0}
+
+
+def test_export_is_self_contained_and_servable(project):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = project / "export/relsft-model"
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    gen = json.loads((out / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(out)
+    assert gen["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert not {"do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"} & set(gen)
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "strict F1" in card and "sha256" in card
+    AutoModelForCausalLM.from_pretrained(out)  # loads with no adapter, no remote code
+
+
+def test_experiment_runs_with_a_changed_train_param(project):
+    before = json.loads((project / "metrics/eval.json").read_text())
+    proc = run(["dvc", "exp", "run", "-S", "train.learning_rate=0.001"], project)
+    assert "Running stage 'train'" in proc.stdout
+    assert "Running stage 'generate'" not in proc.stdout  # only what depends on train runs again
+    exps = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    text = json.dumps(exps)
+    assert '"learning_rate": 0.001' in text and "strict_f1" in text
+    summary = json.loads((project / "reports/training/train_summary.json").read_text())
+    assert summary["steps"] == 24
+    # The committed baseline stays in git, for `dvc metrics diff` against the experiment.
+    run(["dvc", "metrics", "diff"], project)
+    assert json.loads(run(["git", "show", "HEAD:metrics/eval.json"], project).stdout) == before
+    run(["git", "checkout", "--", "."], project)
+    run(["dvc", "checkout", "-q", "--force"], project)
+
+
+def test_plots_render_loss_curve_and_per_relation_f1(project, tmp_path):
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    html = (tmp_path / "plots" / "index.html").read_text(encoding="utf-8")
+    assert "train_loss.csv" in html and "per_relation_f1_test.csv" in html
+    assert "eval_loss" in html and "relation" in html
+
+
+def test_bad_rows_stop_at_validate_and_keep_the_exported_model(project):
+    export = project / "export/relsft-model"
+    before = tree_digest(export)
+    data = project / "data"
+    saved = {p.name: p.read_bytes() for p in data.iterdir()}
+    try:
+        with (data / "annotated.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"text": "韩立与紫灵是朋友。", "output": "韩立-紫灵:朋友"}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"text": "萧炎与林动是好友。", "output": "萧炎林动好友"}, ensure_ascii=False) + "\n")
+        with (data / "templates.tsv").open("a", encoding="utf-8") as f:
+            f.write("train\tpair\t*\t他们二人是{r}关系。\n")
+        proc = run(["dvc", "repro"], project, check=False)
+        assert proc.returncode != 0
+        log = proc.stdout + proc.stderr
+        assert "relsft validate: error" in log
+        for part in ("relations are in relations.tsv", "every output line is `A-B:rel`",
+                     "every labelled name occurs in the text", "朋友", "萧炎林动好友"):
+            assert part in log, part
+        assert "Running stage 'format'" not in log and "Running stage 'train'" not in log
+        assert tree_digest(export) == before
+    finally:
+        for name, content in saved.items():
+            (data / name).write_bytes(content)
+    assert "up to date" in run(["dvc", "status", "data.dvc"], project).stdout

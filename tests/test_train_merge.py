@@ -1,0 +1,95 @@
+"""format, train and merge on the real embedded model: loss masking, resume after a kill, parity."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relsft.base import build_base
+from relsft.format import format_dataset
+from relsft.generate import generate
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_params, raw_data_dir) -> Path:
+    """A directory laid out as the pipeline leaves it after `format`."""
+    d = tmp_path_factory.mktemp("work")
+    params = dict(tiny_params, data={"dir": str(raw_data_dir)})
+    (d / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    build_base(params, d / "models/base")
+    generate(raw_data_dir, d / "datasets", params["generate"])
+    format_dataset(d / "models/base", d / "datasets", d / "formatted", params["format"])
+    return d
+
+
+def test_loss_is_on_the_answer_and_its_end_of_turn_only(workdir, tiny_params):
+    from relsft.train import build_trainer
+
+    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"])
+    trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / "ckpt-probe")
+    tok = trainer.processing_class
+    example = trainer.train_dataset[0]
+    batch = trainer.data_collator([example])
+    labels = batch["labels"][0]
+    trained = tok.decode([t for t, lab in zip(batch["input_ids"][0].tolist(), labels.tolist()) if lab != -100])
+    import json
+
+    first = json.loads((workdir / "formatted/train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert trained == first["completion"] and trained.endswith("<|im_end|>")
+    assert first["prompt"].endswith("<|im_start|>assistant\n")
+    assert (labels == -100).sum() == len(tok(first["prompt"], add_special_tokens=False)["input_ids"])
+
+
+def relsft(args, cwd, **kw):
+    return subprocess.Popen([sys.executable, "-m", "relsft.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
+    params = yaml.safe_load((workdir / "params.yaml").read_text(encoding="utf-8"))
+    params["train"].update(max_steps=40, save_steps=10, eval_steps=20)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    ckpts = workdir / "checkpoints"
+    shutil.rmtree(ckpts, ignore_errors=True)
+    proc = relsft(["train"], workdir)
+    deadline = time.time() + 300
+    while not list(ckpts.glob("*/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "models/adapter").exists()  # killed before the end: nothing half-written
+    done = relsft(["train"], workdir)
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, out
+    assert "resuming from" in out and "checkpoint-" in out
+    import json
+
+    summary = json.loads((workdir / "reports/training/train_summary.json").read_text())
+    assert summary["steps"] == 40
+    assert (workdir / "models/adapter/adapter_model.safetensors").exists()
+
+
+def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch, tiny_params):
+    """Break the merge on purpose (drop the adapter instead of folding it in): parity must catch it."""
+    from peft import PeftModel
+
+    from relsft.merge import MergeParityError, merge
+
+    adapter = workdir / "models/adapter"
+    if not adapter.exists():  # when run on its own, without the resume test before it
+        out, _ = relsft(["train"], workdir).communicate(timeout=600)
+        assert adapter.exists(), out
+    monkeypatch.setattr(PeftModel, "merge_and_unload", lambda self: self.unload())
+    out = workdir / "models/merged-broken"
+    with pytest.raises(MergeParityError, match="differs from base\\+adapter"):
+        merge(workdir / "models/base", adapter, workdir / "datasets", out,
+              dict(tiny_params["merge"], max_new_tokens=tiny_params["evaluate"]["max_new_tokens"]))
+    assert not out.exists()
