@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,14 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Prefect (test_flows.py): a private home and memo file instead of ~/.prefect, and time for its
+# temporary server to start on a busy 2-core machine (../shared/PLATFORM.md).
+_prefect_home = tempfile.mkdtemp(prefix="relsft-prefect-")
+atexit.register(shutil.rmtree, _prefect_home, ignore_errors=True)
+os.environ.setdefault("PREFECT_HOME", _prefect_home)
+os.environ.setdefault("PREFECT_MEMO_STORE_PATH", os.path.join(os.environ["PREFECT_HOME"], "memo_store.toml"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 TINY = {
-    "base": {"builtin": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-                         "num_kv_heads": 4, "max_position_embeddings": 512, "pretrain_steps": 10,
+    # 2 heads: head_dim 32, the smallest vLLM's CPU attention supports (the tests serve this model).
+    "base": {"builtin": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,
+                         "num_kv_heads": 2, "max_position_embeddings": 512, "pretrain_steps": 10,
                          "pretrain_batch_size": 8}},
     "generate": {"sizes": {"train": 400, "val": 24, "test": 24, "test_ood": 24}},
-    "train": {"max_steps": 24, "batch_size": 8, "logging_steps": 4, "eval_steps": 12, "save_steps": 12,
-              "learning_rate": 0.003, "warmup_ratio": 0.0, "lora": {"r": 8, "alpha": 16}},
+    "train": {"max_steps": 40, "batch_size": 8, "logging_steps": 5, "eval_steps": 20, "save_steps": 20,
+              "learning_rate": 0.005, "warmup_ratio": 0.0, "lora": {"r": 8, "alpha": 16}},
     "evaluate": {"max_new_tokens": 32, "batch_size": 24},
     "merge": {"parity_examples": 24, "batch_size": 24},
 }
@@ -80,3 +91,17 @@ def make_project(dst: Path, params: dict) -> Path:
     run(["git", "add", "-A"], dst)
     run(["git", "commit", "-q", "-m", "project"], dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def pipeline_project(tmp_path_factory, tiny_params) -> Path:
+    """One real git + DVC project on the tiny config, `dvc repro`ed and committed.
+
+    Shared by every test that needs a trained, merged and exported model (pipeline, serving,
+    flows); tests that change it must put it back as they found it.
+    """
+    proj = make_project(tmp_path_factory.mktemp("pipeline") / "proj", tiny_params)
+    run(["dvc", "repro"], proj)
+    run(["git", "add", "-A"], proj)
+    run(["git", "commit", "-q", "-m", "pipeline run"], proj)
+    return proj

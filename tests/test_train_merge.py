@@ -79,7 +79,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
 
 def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch, tiny_params):
     """Break the merge on purpose (drop the adapter instead of folding it in): parity must catch it."""
-    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
 
     from relsft.merge import MergeParityError, merge
 
@@ -87,7 +87,8 @@ def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch,
     if not adapter.exists():  # when run on its own, without the resume test before it
         out, _ = relsft(["train"], workdir).communicate(timeout=600)
         assert adapter.exists(), out
-    monkeypatch.setattr(PeftModel, "merge_and_unload", lambda self: self.unload())
+    # PeftModel forwards merge_and_unload to its tuner (BaseTuner); break it there.
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", lambda self, *a, **kw: self.unload())
     out = workdir / "models/merged-broken"
     with pytest.raises(MergeParityError, match="differs from base\\+adapter"):
         merge(workdir / "models/base", adapter, workdir / "datasets", out,

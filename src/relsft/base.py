@@ -80,19 +80,22 @@ def tokenizer_corpus(data_dir: str | Path) -> list[str]:
     return [*raw.fixed_text().splitlines(), INSTRUCTION, "system", "user", "assistant", *rel_lines, chars]
 
 
-def copy_corpus(tok, n: int, seed: int) -> list[dict[str, str]]:
-    """Random strings of the tokenizer's Chinese characters, each to be repeated verbatim.
+def copy_corpus(tok, n: int, seed: int, min_len: int = 4, max_len: int = 24) -> list[dict[str, str]]:
+    """Chat turns whose answer repeats the user's random string of the tokenizer's Chinese characters.
 
     Extracting relations means copying names the model has never seen; a random-init model
-    finds the copying mechanism (an induction head) only after many steps, so the builtin base
-    learns it here, on data unrelated to relations, before any fine-tuning.
+    finds the copying mechanism only after many steps, so the builtin base learns it here, on
+    data unrelated to relations, before any fine-tuning. The end of the user turn marks where
+    copying starts, and the length varies, so the model cannot copy by a fixed offset: it must
+    find, in context, the token that followed the one it just wrote (an induction head).
     """
     chars = sorted({t for t in (tok.decode([i]) for i in range(len(tok))) if len(t) == 1 and "\u4e00" <= t <= "\u9fff"})
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        s = "".join(rng.choice(chars) for _ in range(rng.randint(8, 40)))
-        rows.append({"prompt": s, "completion": s})
+        s = "".join(rng.choice(chars) for _ in range(rng.randint(min_len, max_len)))
+        prompt = tok.apply_chat_template([{"role": "user", "content": s}], add_generation_prompt=True, tokenize=False)
+        rows.append({"prompt": prompt, "completion": s + tok.eos_token})
     return rows
 
 

@@ -74,6 +74,12 @@ def cmd_train(args, params):
 def cmd_evaluate(args, params):
     from .evaluate import run_evaluate
 
+    if args.endpoint:  # score a served model instead (relsft serve); the stage's metrics stay untouched
+        from .evaluate import evaluate_endpoint
+
+        evaluate_endpoint(args.endpoint, args.api_key, args.model_name, PATHS["datasets"], params["data"]["dir"],
+                          args.out, params["evaluate"], concurrency=args.concurrency)
+        return
     run_evaluate(PATHS["base"], PATHS["adapter"], PATHS["datasets"], params["data"]["dir"], PATHS["metrics"],
                  PATHS["reports"], params["evaluate"])
 
@@ -85,10 +91,109 @@ def cmd_merge(args, params):
           dict(params["merge"], max_new_tokens=params["evaluate"]["max_new_tokens"]))
 
 
+def cmd_serve(args, params):
+    from .serve import ServeSettings, serve
+
+    lora = dict(m.split("=", 1) for m in args.lora_modules) if args.lora_modules else None
+    serve(ServeSettings.from_params(
+        params, model=args.model, host=args.host, port=args.port, served_model_name=args.served_model_name,
+        dtype=args.dtype, max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=args.enforce_eager, enable_lora=args.enable_lora, lora_modules=lora,
+        max_lora_rank=args.max_lora_rank))
+
+
+def cmd_extract(args, params):
+    from openai import APIError
+
+    from .client import RelationClient
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
+    client = RelationClient(url, api_key=args.api_key, model=args.model_name,
+                            max_tokens=params["evaluate"]["max_new_tokens"])
+    try:
+        if args.no_stream:
+            result = client.extract(text)
+            print(result.answer, flush=True)
+        else:
+            result = client.stream_extract(text, on_piece=lambda piece: print(piece, end="", flush=True))
+            print(flush=True)
+    except APIError as e:  # no server, wrong key, ...: a message, not a traceback
+        raise RuntimeError(f"{url}: {e}") from e
+    print(f"relations ({len(result.relations)}):")
+    for r in result.relations:
+        print(f"  {r.a}\t{r.b}\t{r.rel}")
+    for line in result.bad_lines:
+        print(f"  unparsed: {line!r}", file=sys.stderr)
+
+
+def add_evaluate_args(p):
+    p.add_argument("--endpoint", metavar="URL", help="score a served model (OpenAI API base URL, e.g. "
+                   "http://127.0.0.1:8000/v1) instead of models/")
+    p.add_argument("--api-key", default=None, help="endpoint key (default: $RELSFT_API_KEY)")
+    p.add_argument("--model-name", default="relsft", help="served model name (default: relsft)")
+    p.add_argument("--out", default="metrics/eval_endpoint.json", help="metrics file for --endpoint")
+    p.add_argument("--concurrency", type=int, default=8, help="parallel requests for --endpoint")
+
+
+def add_serve_args(p):
+    p.add_argument("--model", help="model directory (default: serve.model, export/relsft-model)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--served-model-name")
+    p.add_argument("--dtype", help="float32 (default) answers exactly as evaluated; bfloat16 is faster on a GPU")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--tensor-parallel-size", type=int, help="GPUs to shard the model over")
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--enable-lora", action="store_true", default=None,
+                   help="serve unmerged LoRA adapters on --model (their base); see --lora-modules")
+    p.add_argument("--lora-modules", nargs="+", metavar="NAME=DIR", help="adapters, requested as model NAME")
+    p.add_argument("--max-lora-rank", type=int, help="default: the largest adapter rank")
+
+
+def add_extract_args(p):
+    p.add_argument("text", help="novel text ('-' reads stdin)")
+    p.add_argument("--url", help="OpenAI API base URL (default: http://127.0.0.1:<serve.port>/v1)")
+    p.add_argument("--api-key", default=None, help="default: $RELSFT_API_KEY")
+    p.add_argument("--model-name", default="relsft")
+    p.add_argument("--no-stream", action="store_true", help="one response instead of streaming")
+
+
 def cmd_export(args, params):
     from .export import export
 
     export(PATHS["merged"], PATHS["metrics"], params["data"]["dir"], PATHS["export"], params)
+
+
+def cmd_promote(args, params):
+    from .promote import promote_candidate, run_reload_hook
+
+    settings = params["promote"]
+    registry = args.registry or settings["registry"]
+    decision = promote_candidate(args.export or PATHS["export"], registry, settings,
+                                 {"experiment": args.experiment} if args.experiment else None)
+    if not decision.promote:
+        raise RuntimeError(f"candidate rejected, production unchanged: {'; '.join(decision.reasons)}")
+    print(f"promote: {decision.summary()}")
+    run_reload_hook(settings.get("reload_command", ""), registry)
+
+
+def cmd_rollback(args, params):
+    from .promote import rollback, run_reload_hook
+
+    registry = args.registry or params["promote"]["registry"]
+    print(f"rollback: production is {rollback(registry)} again")
+    run_reload_hook(params["promote"].get("reload_command", ""), registry)
+
+
+def add_rollback_args(p):
+    p.add_argument("--registry", help="registry directory (default: promote.registry)")
+
+
+def add_promote_args(p):
+    add_rollback_args(p)
+    p.add_argument("--export", help=f"candidate model directory (default: {PATHS['export']})")
+    p.add_argument("--experiment", help="name recorded in the registry history (e.g. the DVC experiment)")
 
 
 STAGES = {
@@ -101,7 +206,14 @@ STAGES = {
     "evaluate": (cmd_evaluate, "score base and fine-tuned models on test and test_ood"),
     "merge": (cmd_merge, "merge the adapter and check greedy parity"),
     "export": (cmd_export, "write the servable model directory"),
+    "serve": (cmd_serve, "serve the exported model with vLLM (OpenAI-compatible API)"),
+    "extract": (cmd_extract, "extract relations through a served model, streaming"),
+    "promote": (cmd_promote, "gate the exported model and, if it passes, make it the production model"),
+    "rollback": (cmd_rollback, "point production back at the previous model"),
 }
+
+EXTRA_ARGUMENTS = {"evaluate": add_evaluate_args, "serve": add_serve_args, "extract": add_extract_args}
+EXTRA_ARGUMENTS.update(promote=add_promote_args, rollback=add_rollback_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "init-data":
             p.add_argument("--data-dir", default=None)
             p.add_argument("--force", action="store_true", help="overwrite locally changed files")
+        if name in EXTRA_ARGUMENTS:
+            EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
     params = load_params(args.params)
     try:

