@@ -32,24 +32,33 @@ EXPORT = "export/relsft-model"
 
 @pytest.fixture(scope="session")
 def served_model(pipeline_project, tiny_params, tmp_path_factory) -> Path:
-    """The pipeline's exported model, trained on its own formatted data a little longer, in the export layout.
+    """The pipeline's exported model, trained a little more on one-relation examples, in the export layout.
 
-    The tiny pipeline trains 24 steps: its model never ends an answer and nothing it says parses,
-    which would leave stop handling and parsing untested. 400 more steps (~1-2 min) teach it the
-    format (not the task); the files stay the export's own (tokenizer, chat template, generation_config).
+    The tiny pipeline's model never ends an answer and nothing it says parses, which would leave
+    stop handling and parsing untested. 300 steps (~30 s) on one-relation examples, made by the
+    generate and format stages, teach it to answer one well-formed line and stop (not the task:
+    the names are often wrong); the files stay the export's own (tokenizer, chat template,
+    generation_config). The examples it was taught on are kept beside it (`one_relation`).
     """
     import torch
 
+    from relsft.format import format_dataset
+    from relsft.generate import generate
     from relsft.train import build_trainer
 
     export = pipeline_project / EXPORT
-    dst = tmp_path_factory.mktemp("served") / "relsft-model"
+    work = tmp_path_factory.mktemp("served")
+    dst = work / "relsft-model"
     shutil.copytree(export, dst)
-    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], max_steps=400,
+    one_relation = dict(tiny_params["generate"], min_relations=1, max_relations=1, distractor_weights=[1, 0, 0],
+                        sizes={"train": 400, "val": 16, "test": 48, "test_ood": 8})
+    generate(pipeline_project / "data", work / "datasets", one_relation)
+    format_dataset(export, work / "datasets", work / "formatted", tiny_params["format"])
+    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], max_steps=300,
                learning_rate=0.01, num_threads=1, logging_steps=100)
     threads = torch.get_num_threads()
     try:
-        trainer = build_trainer(export, pipeline_project / "formatted", cfg, dst.parent / "run", eval_strategy="no",
+        trainer = build_trainer(export, work / "formatted", cfg, work / "run", eval_strategy="no",
                                 save_strategy="no", disable_tqdm=True)
         trainer.train()
     finally:
@@ -66,14 +75,21 @@ def examples(pipeline_project):
 
 
 @pytest.fixture(scope="session")
-def inprocess(served_model, examples, tiny_params):
-    """What the exported model answers in-process (transformers greedy), per test text."""
+def one_relation_texts(served_model):
+    with (served_model.parent / "datasets" / "test.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+@pytest.fixture(scope="session")
+def inprocess(served_model, examples, one_relation_texts, tiny_params):
+    """What the exported model answers in-process (transformers greedy), per text."""
     from relsft.generation import greedy_generate, load_for_inference
 
     model, tok = load_for_inference(served_model)
     cfg = tiny_params["evaluate"]
-    results = greedy_generate(model, tok, [e["text"] for e in examples], cfg["max_new_tokens"], cfg["batch_size"])
-    return {e["text"]: r for e, r in zip(examples, results)}
+    texts = [e["text"] for e in examples] + one_relation_texts
+    results = greedy_generate(model, tok, texts, cfg["max_new_tokens"], cfg["batch_size"])
+    return dict(zip(texts, results))
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +111,14 @@ def client(server, tiny_params):
 
 
 @pytest.fixture(scope="session")
-def good_text(inprocess):
+def good_text(inprocess, one_relation_texts):
     """A text on which the in-process model answers with at least one well-formed relation (several tokens)."""
-    for text, r in inprocess.items():
+    for text in one_relation_texts:
+        r = inprocess[text]
         parsed = parse_output(r["answer"])
         if r["stopped"] and parsed.relations and not parsed.bad_lines:
             return text
-    pytest.fail("the tiny exported model produced no parseable answer on the test split")
+    pytest.fail("the served test model produced no parseable, stopped answer on its one-relation texts")
 
 
 def test_max_model_len_and_command(pipeline_project, tiny_params):
