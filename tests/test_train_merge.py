@@ -87,8 +87,14 @@ def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch,
     if not adapter.exists():  # when run on its own, without the resume test before it
         out, _ = relsft(["train"], workdir).communicate(timeout=600)
         assert adapter.exists(), out
-    # PeftModel forwards merge_and_unload to its tuner (BaseTuner); break it there.
-    monkeypatch.setattr(BaseTuner, "merge_and_unload", lambda self, *a, **kw: self.unload())
+    # PeftModel forwards merge_and_unload to its tuner (BaseTuner); break it there: hand back the
+    # base weights as if nothing had been trained (`unload()` would keep the trained embeddings).
+    def drop_the_training(self, *args, **kwargs):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(workdir / "models/base")
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", drop_the_training)
     out = workdir / "models/merged-broken"
     with pytest.raises(MergeParityError, match="differs from base\\+adapter"):
         merge(workdir / "models/base", adapter, workdir / "datasets", out,
