@@ -65,13 +65,11 @@ def test_metrics_have_both_models_and_splits(project):
 
 
 def test_predictions_match_metrics(project):
-    from relsft.evaluate import score
+    from relsft.evaluate import score, symmetric_relations
     from relsft.io import read_jsonl
-    from relsft.rawdata import load_raw
 
     rows = list(read_jsonl(project / "reports/eval/predictions/finetuned_test.jsonl"))
-    symmetric = [r.name for r in load_raw(project / "data").relations.values() if r.symmetric]
-    recomputed = score([r["answer"] for r in rows], [r["gold"] for r in rows], symmetric)
+    recomputed = score([r["answer"] for r in rows], [r["gold"] for r in rows], symmetric_relations(project / "data"))
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert round(recomputed["strict_f1"], 4) == metrics["finetuned"]["test"]["strict_f1"]
 

@@ -221,9 +221,8 @@ def test_extract_cli_streams_then_prints_relations(server, pipeline_project, inp
 
 def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_project, tiny_params, examples, tmp_path):
     """Parity: F1 through the server (evaluate --endpoint) == in-process evaluation of the exported model."""
-    from relsft.evaluate import _rounded, evaluate_model
+    from relsft.evaluate import _rounded, evaluate_model, symmetric_relations
     from relsft.generation import load_for_inference
-    from relsft.rawdata import load_raw
 
     stage_metrics = (pipeline_project / "metrics" / "eval.json").read_bytes()
     out = tmp_path / "endpoint.json"
@@ -233,7 +232,7 @@ def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_pr
     assert (pipeline_project / "metrics" / "eval.json").read_bytes() == stage_metrics  # not overwritten
 
     model, tok = load_for_inference(served_model)
-    symmetric = sorted(r.name for r in load_raw(pipeline_project / "data").relations.values() if r.symmetric)
+    symmetric = symmetric_relations(pipeline_project / "data")
     local, _ = evaluate_model(model, tok, examples, symmetric, tiny_params["evaluate"], desc="in-process test")
     local.pop("per_relation")
     assert served["test"] == _rounded(local)

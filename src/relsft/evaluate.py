@@ -30,6 +30,16 @@ def score(predictions: list[str], references: list[str], symmetric: list[str]) -
     return out
 
 
+def symmetric_relations(data_dir: str | Path) -> list[str]:
+    """The relations whose pair order is free (relations.tsv), as the unordered scores need them."""
+    return sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
+
+
+def load_split(dataset_dir: str | Path, split: str, max_examples: int = 0) -> list[dict[str, Any]]:
+    """A generated split, cut to its first `max_examples` (0: all of it)."""
+    return list(read_jsonl(Path(dataset_dir) / f"{split}.jsonl"))[: max_examples or None]
+
+
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
@@ -54,10 +64,10 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
     from .client import RelationClient
 
     client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"])
-    symmetric = sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
+    symmetric = symmetric_relations(data_dir)
     metrics: dict[str, Any] = {}
     for split in cfg["splits"]:
-        examples = list(read_jsonl(Path(dataset_dir) / f"{split}.jsonl"))[: cfg["max_examples"] or None]
+        examples = load_split(dataset_dir, split, cfg["max_examples"])
         with ThreadPoolExecutor(concurrency) as pool:  # the server batches concurrent requests
             answers = list(pool.map(client.extract, [e["text"] for e in examples]))
         scores = score([a.answer for a in answers], [e["output"] for e in examples], symmetric)
@@ -74,9 +84,8 @@ def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str
                  metrics_path: str | Path, reports_dir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
     from .generation import load_for_inference
 
-    symmetric = sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
-    splits = {s: list(read_jsonl(Path(dataset_dir) / f"{s}.jsonl"))[: cfg["max_examples"] or None]
-              for s in cfg["splits"]}
+    symmetric = symmetric_relations(data_dir)
+    splits = {s: load_split(dataset_dir, s, cfg["max_examples"]) for s in cfg["splits"]}
     models = {"finetuned": (base_dir, adapter_dir)}
     if cfg["include_base"]:
         models["base"] = (base_dir, None)
