@@ -55,3 +55,33 @@ def test_chat_template_is_chatml(base_dir):
     assert text == "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
     config = AutoConfig.from_pretrained(base_dir)
     assert config.model_type == "qwen2" and config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_untrained_base_copies_unseen_names_through_its_circuit(base_dir, raw_data_dir):
+    """The builtin base, before any training, continues a repeated passage by copying: on every
+    position whose token has one successor in the first copy, including names made of held-out
+    (test_ood) characters, it predicts that successor."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from relsft.generate import Generator
+    from relsft.rawdata import load_raw
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    gen = Generator(load_raw(raw_data_dir), {"ood_fraction": 0.15, "seed": 1, "min_relations": 2,
+                                             "max_relations": 4, "distractor_weights": [1, 1, 1]})
+    hits = total = 0
+    for i in range(20):
+        text = gen.example(random.Random(i), "ood")["text"]
+        first = tok(text + "\n", add_special_tokens=False)["input_ids"]
+        ids = first + tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            pred = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        for pos in range(len(first), len(ids) - 1):
+            successors = {first[j + 1] for j in range(len(first) - 1) if first[j] == ids[pos]}
+            if len(successors) == 1:
+                total += 1
+                hits += pred[pos] == ids[pos + 1]
+    assert total > 300
+    assert hits / total >= 0.95, f"copied {hits}/{total}"

@@ -132,11 +132,16 @@ def test_max_model_len_and_command(pipeline_project, tiny_params):
     assert not any("key" in a.lower() for a in cmd)  # the key travels in the environment, not argv
 
 
-def test_adapter_with_modules_to_save_is_refused(pipeline_project):
+def test_adapter_with_modules_to_save_is_refused(pipeline_project, tmp_path):
     adapter = pipeline_project / "models" / "adapter"
+    assert check_adapter(adapter) == 8  # the pipeline's plain LoRA adapter is servable unmerged
+    trains_modules = tmp_path / "adapter"
+    shutil.copytree(adapter, trains_modules)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (trains_modules / "adapter_config.json").write_text(json.dumps(dict(config, modules_to_save=["embed_tokens"])))
     with pytest.raises(ValueError, match="modules_to_save.*merged export"):
-        check_adapter(adapter)
-    proc = run(["relsft", "serve", "--model", "models/base", "--enable-lora", "--lora-modules", f"a={adapter}"],
+        check_adapter(trains_modules)
+    proc = run(["relsft", "serve", "--model", "models/base", "--enable-lora", "--lora-modules", f"a={trains_modules}"],
                pipeline_project, check=False, timeout=120)
     assert proc.returncode == 1
     assert "cannot serve unmerged" in proc.stderr

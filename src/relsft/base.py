@@ -2,18 +2,18 @@
 
 `model.base: builtin` builds the embedded default offline and deterministically: a byte-level
 BPE tokenizer trained here with `tokenizers` on the project's own fixed text, and a small
-randomly initialised Qwen2 causal LM. Any other value (a hub id such as
+Qwen2 causal LM whose weights are random except for a copying circuit written into them
+(`circuit.py`): fine-tuning learns the task, not the mechanism for copying unseen names. Any other value (a hub id such as
 `Qwen/Qwen2.5-0.5B-Instruct`, or a local directory) is loaded with the Auto classes and saved,
 so that every later stage reads one local directory whatever the source.
 """
 
 from __future__ import annotations
 
-import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .circuit import install_copy_circuit
 from .io import atomic_dir
 from .rawdata import load_raw
 from .relations import INSTRUCTION
@@ -80,42 +80,6 @@ def tokenizer_corpus(data_dir: str | Path) -> list[str]:
     return [*raw.fixed_text().splitlines(), INSTRUCTION, "system", "user", "assistant", *rel_lines, chars]
 
 
-def copy_corpus(tok, n: int, seed: int, min_len: int = 4, max_len: int = 24) -> list[dict[str, str]]:
-    """Chat turns whose answer repeats the user's random string of the tokenizer's Chinese characters.
-
-    Extracting relations means copying names the model has never seen; a random-init model
-    finds the copying mechanism only after many steps, so the builtin base learns it here, on
-    data unrelated to relations, before any fine-tuning. The end of the user turn marks where
-    copying starts, and the length varies, so the model cannot copy by a fixed offset: it must
-    find, in context, the token that followed the one it just wrote (an induction head).
-    """
-    chars = sorted({t for t in (tok.decode([i]) for i in range(len(tok))) if len(t) == 1 and "\u4e00" <= t <= "\u9fff"})
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        s = "".join(rng.choice(chars) for _ in range(rng.randint(min_len, max_len)))
-        prompt = tok.apply_chat_template([{"role": "user", "content": s}], add_generation_prompt=True, tokenize=False)
-        rows.append({"prompt": prompt, "completion": s + tok.eos_token})
-    return rows
-
-
-def pretrain_copying(model, tok, cfg: dict[str, Any]):
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    steps, bs = cfg["pretrain_steps"], cfg["pretrain_batch_size"]
-    data = Dataset.from_list(copy_corpus(tok, steps * bs, cfg["seed"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=bs,
-                         learning_rate=cfg["pretrain_learning_rate"], lr_scheduler_type="cosine", warmup_steps=20,
-                         weight_decay=0.0, seed=cfg["seed"], data_seed=cfg["seed"], logging_steps=50,
-                         save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False,
-                         dataloader_num_workers=0)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
-        trainer.train()
-    return trainer.model
-
-
 def build_builtin(data_dir: str | Path, cfg: dict[str, Any]):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -129,17 +93,17 @@ def build_builtin(data_dir: str | Path, cfg: dict[str, Any]):
         num_attention_heads=cfg["num_heads"],
         num_key_value_heads=cfg["num_kv_heads"],
         max_position_embeddings=cfg["max_position_embeddings"],
-        rope_theta=10000.0,
+        rope_theta=float(cfg["rope_theta"]),
         initializer_range=cfg["initializer_range"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=not cfg["copy_circuit"],
         bos_token_id=None,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(cfg["seed"])
     model = Qwen2ForCausalLM(config)
-    if cfg["pretrain_steps"]:
-        model = pretrain_copying(model, tok, cfg)
+    if cfg["copy_circuit"]:
+        install_copy_circuit(model, cfg["seed"])
     return model, tok
 
 

@@ -61,7 +61,7 @@ def check_adapter(adapter_dir: str | Path) -> int:
         raise ValueError(
             f"{adapter_dir}: the adapter trains whole modules (modules_to_save={cfg['modules_to_save']}), which "
             "vLLM cannot serve unmerged. Serve the merged export instead (`relsft serve`, default "
-            "export/relsft-model), or train plain LoRA (train.lora.modules_to_save: []) on a pretrained hub model."
+            "export/relsft-model), or train plain LoRA (train.lora.modules_to_save: [])."
         )
     return int(cfg["r"])
 
