@@ -198,7 +198,8 @@ def retrained(pipeline_project, prefect_harness, tmp_path_factory):
 def test_retrain_rejects_a_worse_candidate_and_keeps_production(retrained, pipeline_project):
     result, registry = retrained["result"], retrained["registry"]
     assert result["promote"] is False
-    assert any("test strict_f1" in r and "is below the floor 0.5000" in r for r in result["reasons"]), result
+    floor = yaml.safe_load(retrained["strict_file"].read_text())["promote"]["floors"]["test"]
+    assert any("test strict_f1" in r and f"is below the floor {floor:.4f}" in r for r in result["reasons"]), result
     assert result["production"] is not None  # it was also compared with production
     assert production_state(registry) == retrained["before"]  # byte-identical, same pointer
     assert sorted(p.name for p in (registry / promote.VERSIONS).iterdir()) == ["v0001"]
