@@ -57,7 +57,7 @@ def test_chat_template_is_chatml(base_dir):
     assert config.model_type == "qwen2" and config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
 
 
-def test_untrained_base_copies_unseen_names_through_its_circuit(base_dir, raw_data_dir):
+def test_untrained_base_copies_unseen_names_through_its_circuit(base_dir, tiny_params, raw_data_dir):
     """The builtin base, before any training, continues a repeated passage by copying: on every
     position whose token has one successor in the first copy, including names made of held-out
     (test_ood) characters, it predicts that successor."""
@@ -69,8 +69,9 @@ def test_untrained_base_copies_unseen_names_through_its_circuit(base_dir, raw_da
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    gen = Generator(load_raw(raw_data_dir), {"ood_fraction": 0.15, "seed": 1, "min_relations": 2,
-                                             "max_relations": 4, "distractor_weights": [1, 1, 1]})
+    # Long passages (2-4 relations, distractors likely), so each one holds many positions to copy.
+    gen = Generator(load_raw(raw_data_dir), dict(tiny_params["generate"], min_relations=2, max_relations=4,
+                                                 distractor_weights=[1, 1, 1]))
     hits = total = 0
     for i in range(20):
         text = gen.example(random.Random(i), "ood")["text"]

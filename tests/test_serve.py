@@ -132,9 +132,9 @@ def test_max_model_len_and_command(pipeline_project, tiny_params):
     assert not any("key" in a.lower() for a in cmd)  # the key travels in the environment, not argv
 
 
-def test_adapter_with_modules_to_save_is_refused(pipeline_project, tmp_path):
+def test_adapter_with_modules_to_save_is_refused(pipeline_project, tiny_params, tmp_path):
     adapter = pipeline_project / "models" / "adapter"
-    assert check_adapter(adapter) == 8  # the pipeline's plain LoRA adapter is servable unmerged
+    assert check_adapter(adapter) == tiny_params["train"]["lora"]["r"]  # plain LoRA: servable unmerged
     trains_modules = tmp_path / "adapter"
     shutil.copytree(adapter, trains_modules)
     config = json.loads((adapter / "adapter_config.json").read_text())

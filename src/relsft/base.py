@@ -3,9 +3,10 @@
 `model.base: builtin` builds the embedded default offline and deterministically: a byte-level
 BPE tokenizer trained here with `tokenizers` on the project's own fixed text, and a small
 Qwen2 causal LM whose weights are random except for a copying circuit written into them
-(`circuit.py`): fine-tuning learns the task, not the mechanism for copying unseen names. Any other value (a hub id such as
-`Qwen/Qwen2.5-0.5B-Instruct`, or a local directory) is loaded with the Auto classes and saved,
-so that every later stage reads one local directory whatever the source.
+(`circuit.py`): fine-tuning learns the task, not the mechanism for copying unseen names.
+Any other value (a hub id such as `Qwen/Qwen2.5-0.5B-Instruct`, or a local directory) is loaded
+with the Auto classes and saved, so that every later stage reads one local directory whatever
+the source.
 """
 
 from __future__ import annotations

@@ -75,6 +75,17 @@ def slow_rotary_dims(head_dim: int, theta: float, max_angle: float = 0.5, contex
     return slow + [i + half for i in slow]
 
 
+def route_head(attn, head: slice, read: slice, write: slice, norm: float) -> None:
+    """Head `head` passes the `read` part of its normalised input to the `write` part of the stream,
+    divided by `norm`; its query and key weights start at zero, for the caller to set."""
+    size = head.stop - head.start
+    attn.q_proj.weight[head] = 0
+    attn.k_proj.weight[head] = 0
+    attn.v_proj.weight[head] = 0
+    attn.v_proj.weight[head, read] = torch.eye(size)
+    attn.o_proj.weight[write, head] = torch.eye(size) / norm
+
+
 @torch.no_grad()
 def install_copy_circuit(model, seed: int) -> None:
     cfg = model.config
@@ -105,23 +116,15 @@ def install_copy_circuit(model, seed: int) -> None:
     attn = model.model.layers[0].self_attn
     bq, bk, gap = previous_token_biases(dh, theta)
     scale = math.sqrt(PREV_MARGIN * math.sqrt(dh) / gap)
-    attn.q_proj.weight[head0] = 0
-    attn.k_proj.weight[head0] = 0
+    route_head(attn, head0, read=tok, write=prev, norm=math.sqrt(d))
     attn.q_proj.bias[head0] = scale * bq
     attn.k_proj.bias[head0] = scale * bk
-    attn.v_proj.weight[head0] = 0
-    attn.v_proj.weight[head0, tok] = torch.eye(dh)
-    attn.o_proj.weight[prev, head0] = torch.eye(dh) / math.sqrt(d)
 
     attn = model.model.layers[1].self_attn
     dims = slow_rotary_dims(dh, theta, context=cfg.max_position_embeddings)
     proj = torch.linalg.qr(torch.randn(dh, dh, generator=gen))[0][: len(dims)]  # orthonormal rows
     # score = beta^2 * (d/2) * <P e_cur, P e_prev> / sqrt(dh); a match gives <.,.> = len(dims)/dh.
     beta = math.sqrt(MATCH_SCALE * math.sqrt(dh) / (d / 2))
-    attn.q_proj.weight[head0] = 0
-    attn.k_proj.weight[head0] = 0
+    route_head(attn, head0, read=tok, write=out, norm=math.sqrt(d / 2))
     attn.q_proj.weight[dims, tok] = beta * proj
     attn.k_proj.weight[dims, prev] = beta * proj
-    attn.v_proj.weight[head0] = 0
-    attn.v_proj.weight[head0, tok] = torch.eye(dh)
-    attn.o_proj.weight[out, head0] = torch.eye(dh) / math.sqrt(d / 2)
