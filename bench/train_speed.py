@@ -7,7 +7,9 @@ the same LoRA config, batch size and learning rate, for the same number of steps
 
 - relsft:  the train stage's own SFTTrainer (dynamic padding in length-grouped batches,
            completion-only loss);
-- naive:   every example padded to max_length, loss on every token, random batches.
+- naive:   every example padded to max_length, loss on every token, random batches;
+- trl-cpu: the train stage's recipe with TRL's own CPU loss path, which scores every position
+           (the stage scores only the answer positions, as TRL does on CUDA).
 
 Throughput counts real (non-padding) tokens per second of training time; the ratio is
 relsft / naive. Run `dvc repro format` first (or the whole pipeline).
@@ -27,7 +29,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from relsft.params import load_params  # noqa: E402
-from relsft.train import build_trainer  # noqa: E402
+from relsft.train import build_trainer, score_only_completion_tokens_on_cpu  # noqa: E402
 
 
 class TokenCounter:
@@ -55,16 +57,17 @@ class StepTimer(TrainerCallback):
         self.timed_tokens = self.counter.tokens - self.tokens_at_start
 
 
-def measure(cfg, steps: int, warmup: int, naive: bool) -> dict:
+def measure(cfg, steps: int, warmup: int, arm: str) -> dict:
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     overrides = dict(max_steps=steps, eval_strategy="no", save_strategy="no", logging_steps=10_000,
                      disable_tqdm=True)
-    if naive:
+    if arm == "naive":
         overrides.update(completion_only_loss=False, train_sampling_strategy="random",
                          pad_to_multiple_of=cfg["max_length"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(Path("models/base"), Path("formatted"), cfg, Path(tmp), **overrides)
+        score_only_completion_tokens_on_cpu(enabled=arm != "trl-cpu")
         counter = TokenCounter(trainer.data_collator)
         trainer.data_collator = counter
         timer = StepTimer(warmup)
@@ -84,11 +87,13 @@ def main() -> None:
     params = load_params(args.params)
     cfg = dict(params["train"], max_length=params["format"]["max_length"])
     results = {"torch_threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup}
-    for arm in ("naive", "relsft"):
-        results[arm] = measure(cfg, args.steps, args.warmup, naive=arm == "naive")
+    for arm in ("naive", "trl-cpu", "relsft"):
+        results[arm] = measure(cfg, args.steps, args.warmup, arm)
         print(f"{arm:7s} {results[arm]['real_tokens_per_s']:9.1f} real tokens/s ({results[arm]['seconds']} s timed)")
-    results["speedup"] = round(results["relsft"]["real_tokens_per_s"] / results["naive"]["real_tokens_per_s"], 2)
-    print(f"speedup relsft / naive: {results['speedup']}x")
+    for baseline in ("naive", "trl-cpu"):
+        ratio = round(results["relsft"]["real_tokens_per_s"] / results[baseline]["real_tokens_per_s"], 2)
+        results[f"speedup_vs_{baseline}"] = ratio
+        print(f"speedup relsft / {baseline}: {ratio}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

