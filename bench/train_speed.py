@@ -11,8 +11,8 @@ the same LoRA config, batch size and learning rate, for the same number of steps
 - trl-cpu: the train stage's recipe with TRL's own CPU loss path, which scores every position
            (the stage scores only the answer positions, as TRL does on CUDA).
 
-Throughput counts real (non-padding) tokens per second of training time; the ratio is
-relsft / naive. Run `dvc repro format` first (or the whole pipeline).
+Throughput counts real (non-padding) tokens per second of training time; the ratios are
+relsft / naive and relsft / trl-cpu. Run `dvc repro format` first (or the whole pipeline).
 """
 
 from __future__ import annotations

@@ -47,13 +47,13 @@ def test_loss_is_on_the_answer_and_its_end_of_turn_only(workdir, tiny_params):
     assert (labels == -100).sum() == len(tok(first["prompt"], add_special_tokens=False)["input_ids"])
 
 
-def test_scoring_only_the_answer_positions_leaves_loss_and_gradients_unchanged(workdir, tiny_params, monkeypatch):
+def test_scoring_only_the_answer_positions_leaves_loss_and_gradients_unchanged(workdir, tiny_params):
     """The train stage makes TRL's fused LM head skip the prompt positions on CPU (train.py): a pure
     speed-up, so the loss and every LoRA gradient must equal those of TRL's all-position path."""
     import torch
     import trl.trainer.utils as trl_utils
 
-    from relsft.train import build_trainer
+    from relsft.train import build_trainer, score_only_completion_tokens_on_cpu
 
     cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"])
     trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / "ckpt-compact")
@@ -69,10 +69,15 @@ def test_scoring_only_the_answer_positions_leaves_loss_and_gradients_unchanged(w
         return loss.detach(), grads
 
     compact_loss, compact_grads = loss_and_grads()
-    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's own CPU path
-    full_loss, full_grads = loss_and_grads()
+    score_only_completion_tokens_on_cpu(enabled=False)  # TRL's own CPU path: every position scored
+    try:
+        assert not trl_utils._use_triton(torch.device("cpu"))
+        full_loss, full_grads = loss_and_grads()
+    finally:
+        score_only_completion_tokens_on_cpu()
     assert torch.allclose(compact_loss, full_loss, rtol=1e-5, atol=1e-6)
     assert compact_grads.keys() == full_grads.keys() and len(full_grads) > 0
+    assert any(g.abs().sum() > 0 for g in full_grads.values())  # LoRA's B gets a real gradient
     for name, g in full_grads.items():
         assert torch.allclose(compact_grads[name], g, rtol=1e-4, atol=1e-6), name
 

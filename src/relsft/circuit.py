@@ -100,6 +100,7 @@ def install_copy_circuit(model, seed: int) -> None:
     if cfg.num_hidden_layers < 2 or heads < 4 or cfg.num_key_value_heads != heads or cfg.tie_word_embeddings:
         raise ValueError("the copy circuit needs >= 2 layers, >= 4 heads without GQA, and untied embeddings")
     tok, prev, out = slice(0, dh), slice(dh, 2 * dh), slice(2 * dh, 3 * dh)
+    constant = 3 * dh  # FREE's first dimension
     theta = rope_theta(cfg)
     gen = torch.Generator().manual_seed(seed)
 
@@ -110,7 +111,7 @@ def install_copy_circuit(model, seed: int) -> None:
     a = math.sqrt(1 - CONSTANT_FEATURE**2)
     model.model.embed_tokens.weight.zero_()
     model.model.embed_tokens.weight[:, tok] = a * emb
-    model.model.embed_tokens.weight[:, 3 * dh] = CONSTANT_FEATURE
+    model.model.embed_tokens.weight[:, constant] = CONSTANT_FEATURE
     model.lm_head.weight.zero_()
     model.lm_head.weight[:, out] = OUTPUT_GAIN * emb
     for layer in model.model.layers:
@@ -119,8 +120,9 @@ def install_copy_circuit(model, seed: int) -> None:
         for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
             proj.bias.zero_()
 
-    # RMSNorm scales the stream to norm sqrt(d): a unit vector alone reads sqrt(d), and two reads
-    # sqrt(d/2) each (the embedding, token and constant together, counts as one). The output projections divide that back out, so each subspace holds a unit vector.
+    # RMSNorm scales the stream to norm sqrt(d): a unit vector alone reads sqrt(d), and two read
+    # sqrt(d/2) each (an embedding, token and constant together, counts as one). The output
+    # projections divide that back out, so each subspace holds a unit vector.
     head0 = slice(0, dh)
     attn = model.model.layers[0].self_attn
     bq, bk, gap = previous_token_biases(dh, theta)
