@@ -58,13 +58,13 @@ def test_ood_names_and_templates_never_occur_in_train(generated, raw_data_dir):
         assert fixed not in train_text or not fixed  # the template's whole text never appears in train
 
 
-def _render(raw, text, relation):
+def _render(raw, text, relation, opener_rate=0.0, seed=0):
     gen = Generator(raw, {"ood_fraction": 0.15, "seed": 0, "min_relations": 1, "max_relations": 1,
-                          "distractor_weights": [1, 0, 0]})
+                          "distractor_weights": [1, 0, 0], "opener_rate": opener_rate})
     gen.templates["train"] = [Template("train", "role", (relation,), text, 0)]
     import random
 
-    return gen.example(random.Random(0), "train")
+    return gen.example(random.Random(seed), "train")
 
 
 @pytest.mark.parametrize("template", ["{x}是{y}的{r}。", "{y}的{r}是{x}。", "{y}有一位{r},名叫{x}。",
@@ -76,6 +76,21 @@ def test_asymmetric_direction_follows_meaning_not_word_order(raw_data_dir, templ
     holder, other = rel.a, rel.b
     # Put the names back into the template: it must reproduce the text exactly.
     assert template.format(x=holder, y=other, r="师父") == ex["text"]
+
+
+def test_openers_vary_training_sentences_but_never_recreate_a_held_out_template(raw_data_dir):
+    """`据说{y}的{r}是{x}。` is a test_ood template: 据说 may open every other training template, not this one."""
+    raw = load_raw(raw_data_dir)
+    template = "{y}的{r}是{x}。"
+    assert "据说" in raw.openers and "据说" + template in {t.text for t in raw.templates if t.split == "ood"}
+    seen = set()
+    for seed in range(300):
+        ex = _render(raw, template, "师父", opener_rate=1.0, seed=seed)
+        (rel,) = parse_output(ex["output"]).relations
+        opener = ex["text"].removesuffix(template.format(x=rel.a, y=rel.b, r="师父"))
+        assert opener in raw.openers, ex  # the label still reads the core sentence the right way round
+        seen.add(opener)
+    assert "据说" not in seen and len(seen) == len(raw.openers) - 1
 
 
 def test_receiving_a_disciple_is_labelled_as_disciple(raw_data_dir):
@@ -108,7 +123,7 @@ def test_a_million_examples_stream_in_bounded_memory(raw_data_dir, tmp_path):
     code = f"""
 import resource, sys
 from relsft.generate import generate
-p = {{"seed": 1, "ood_fraction": 0.15, "min_relations": 1, "max_relations": 4, "distractor_weights": [5, 3, 2],
+p = {{"seed": 1, "ood_fraction": 0.15, "min_relations": 1, "max_relations": 4, "distractor_weights": [5, 3, 2], "opener_rate": 0.35,
      "sizes": {{"train": int(sys.argv[1]), "val": 10, "test": 10, "test_ood": 10}}}}
 generate({str(raw_data_dir)!r}, {str(tmp_path)!r}, p)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

@@ -19,7 +19,7 @@ projection is linear in its input, so without a constant no free head could atte
 (which sentence, which slot) rather than by content. Fine-tuning (LoRA) learns when to copy,
 where names start, the separators and the relation, and leaves the embeddings and output layer
 alone, so characters that never occur in training copy exactly as well as those that do.
-With the constant feature, 4,000 steps reach strict F1 0.93 on test, against 0.71 without it.
+In an ablation (4,000 steps, before openers), the constant lifted strict F1 on test from 0.71 to 0.93.
 
 Residual layout (hidden = 4 x head_dim): [TOK | PREV | OUT | FREE].
 """

@@ -6,6 +6,9 @@ the 8-byte digests used to keep inputs unique across splits.
 
 test_ood uses held-out templates and names built only from characters that never occur in
 the training split, so it measures whether the model copies names rather than recalls them.
+In the other splits a share of sentences starts with a random opener (据说, 那一年, ...): an
+opener then says nothing about which name holds the relation, and the model must read that from
+the sentence's structure.
 """
 
 from __future__ import annotations
@@ -84,6 +87,16 @@ class Generator:
             "train": [t for t in raw.templates if t.split == "train"],
             "ood": [t for t in raw.templates if t.split == "ood"],
         }
+        self.ood_texts = {t.text for t in self.templates["ood"]}
+        self._openers: dict[str, list[str]] = {}
+
+    def openers(self, text: str) -> list[str]:
+        """Openers for a training template: none if it has its own, and never one that would make
+        a held-out template's text."""
+        if text not in self._openers:
+            own = any(text.startswith(o) for o in self.raw.openers)
+            self._openers[text] = [] if own else [o for o in self.raw.openers if o + text not in self.ood_texts]
+        return self._openers[text]
 
     def allowed_relations(self, t: Template) -> list[str]:
         if t.relations is not None:
@@ -105,7 +118,10 @@ class Generator:
                 x, y = y, x
             t = rng.choice(templates)
             r = rng.choice(self.allowed_relations(t))
-            sentence = t.text.format(x=x, y=y, r=r)
+            text = t.text
+            if kind == "train" and self.openers(text) and rng.random() < self.p["opener_rate"]:
+                text = rng.choice(self.openers(text)) + text
+            sentence = text.format(x=x, y=y, r=r)
             rel = self.raw.relations.get(r)
             if rel is not None and rel.symmetric and 0 <= sentence.find(y) < sentence.find(x):
                 x, y = y, x  # symmetric pairs are labelled in reading order

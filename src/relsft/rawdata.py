@@ -1,4 +1,4 @@
-"""The raw inputs under data/: relation vocabulary, sentence templates, distractors, surnames,
+"""The raw inputs under data/: relation vocabulary, sentence templates, openers, distractors, surnames,
 given-name characters and hand-annotated passages.
 
 The package ships the default inputs; `relsft init-data` writes them to data/ byte-identically,
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-FILES = ("relations.tsv", "templates.tsv", "distractors.txt", "surnames.txt", "given_chars.txt", "annotated.jsonl")
+FILES = (
+    "relations.tsv", "templates.tsv", "openers.txt", "distractors.txt", "surnames.txt", "given_chars.txt", "annotated.jsonl",
+)
 PLACEHOLDER_RE = re.compile(r"\{(\w*)\}")
 TEMPLATE_FIELDS = {"x", "y", "r"}
 DISTRACTOR_FIELDS = {"n", "m"}
@@ -45,6 +47,7 @@ class Template:
 class RawData:
     relations: dict[str, RelationType]
     templates: list[Template]
+    openers: list[str]
     distractors: list[str]
     surnames: list[str]
     given_chars: list[str]
@@ -52,7 +55,7 @@ class RawData:
 
     def fixed_text(self) -> str:
         """Every text the project writes itself (no names): what the tokenizer is trained on."""
-        parts = [t.text for t in self.templates if t.split == "train"] + self.distractors
+        parts = [t.text for t in self.templates if t.split == "train"] + self.openers + self.distractors
         parts += [r.name for r in self.relations.values()]
         return "\n".join(parts)
 
@@ -96,6 +99,11 @@ def load_raw(data_dir: str | Path) -> RawData:
         rels = None if cols[2] == "*" else tuple(cols[2].split(","))
         templates.append(Template(cols[0], cols[1], rels, cols[3], no))
 
+    openers = []
+    for no, line in _lines(d / "openers.txt"):
+        _check_placeholders(d / "openers.txt", no, line, set())
+        openers.append(line.strip())
+
     distractors = []
     for no, line in _lines(d / "distractors.txt"):
         _check_placeholders(d / "distractors.txt", no, line, DISTRACTOR_FIELDS)
@@ -104,7 +112,7 @@ def load_raw(data_dir: str | Path) -> RawData:
     surnames = [s for _, line in _lines(d / "surnames.txt") for s in line.split()]
     given = [c for _, line in _lines(d / "given_chars.txt") for c in line.strip()]
     annotated = [line for _, line in _lines(d / "annotated.jsonl")]
-    return RawData(relations, templates, distractors, surnames, list(dict.fromkeys(given)), annotated)
+    return RawData(relations, templates, openers, distractors, surnames, list(dict.fromkeys(given)), annotated)
 
 
 def parse_annotated(line: str) -> dict[str, str]:
