@@ -119,8 +119,9 @@ class Generator:
             t = rng.choice(templates)
             r = rng.choice(self.allowed_relations(t))
             text = t.text
-            if kind == "train" and self.openers(text) and rng.random() < self.p["opener_rate"]:
-                text = rng.choice(self.openers(text)) + text
+            openers = self.openers(text) if kind == "train" else []
+            if openers and rng.random() < self.p["opener_rate"]:
+                text = rng.choice(openers) + text
             sentence = text.format(x=x, y=y, r=r)
             rel = self.raw.relations.get(r)
             if rel is not None and rel.symmetric and 0 <= sentence.find(y) < sentence.find(x):

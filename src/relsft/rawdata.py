@@ -76,6 +76,15 @@ def _check_placeholders(path: Path, no: int, text: str, allowed: set[str]) -> No
         raise RawDataError(f"{path}:{no}: bad placeholder in {text!r}; allowed: {sorted(allowed)}")
 
 
+def _phrases(path: Path, fields: set[str]) -> list[str]:
+    """One phrase a line, with only the placeholders in `fields`."""
+    out = []
+    for no, line in _lines(path):
+        _check_placeholders(path, no, line, fields)
+        out.append(line.strip())
+    return out
+
+
 def load_raw(data_dir: str | Path) -> RawData:
     d = Path(data_dir)
     relations: dict[str, RelationType] = {}
@@ -99,15 +108,8 @@ def load_raw(data_dir: str | Path) -> RawData:
         rels = None if cols[2] == "*" else tuple(cols[2].split(","))
         templates.append(Template(cols[0], cols[1], rels, cols[3], no))
 
-    openers = []
-    for no, line in _lines(d / "openers.txt"):
-        _check_placeholders(d / "openers.txt", no, line, set())
-        openers.append(line.strip())
-
-    distractors = []
-    for no, line in _lines(d / "distractors.txt"):
-        _check_placeholders(d / "distractors.txt", no, line, DISTRACTOR_FIELDS)
-        distractors.append(line.strip())
+    openers = _phrases(d / "openers.txt", set())
+    distractors = _phrases(d / "distractors.txt", DISTRACTOR_FIELDS)
 
     surnames = [s for _, line in _lines(d / "surnames.txt") for s in line.split()]
     given = [c for _, line in _lines(d / "given_chars.txt") for c in line.strip()]
