@@ -6,7 +6,9 @@
 Run from the project root after `dvc repro` (it reads datasets/test.jsonl for prompts). Both arms
 decode the same test texts greedily through the same chat template, up to evaluate.max_new_tokens.
 The baseline runs first, before the server starts, so the two never share the cores. The server
-listens on 127.0.0.1 only and is stopped (its whole process group) at the end.
+listens on 127.0.0.1 only and is stopped (its whole process group) at the end. A last arm runs
+the server's engine alone (vLLM's offline `LLM`, same settings, 16 sequences at a time, no HTTP):
+the ceiling any server configuration can reach on this machine and model.
 
 Reported per arm: output tokens/s (completion tokens / wall time), ratio to the baseline, and
 time to first token p50/p95. Writes bench/results/serve.json. Bounded: --requests per arm
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from relsft.params import load_params  # noqa: E402
 from relsft.relations import user_messages  # noqa: E402
-from relsft.serve import ServeSettings, VLLMServer, free_port  # noqa: E402
+from relsft.serve import ServeSettings, VLLMServer, free_port, vllm_env  # noqa: E402
 
 API_KEY = "bench"
 
@@ -37,9 +39,10 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def summarize(name: str, streams: int, tokens: list[int], ttft: list[float], wall: float) -> dict:
+    ms = {q: round(1000 * percentile(ttft, q), 1) if ttft else None for q in (0.5, 0.95)}
     return {"arm": name, "streams": streams, "requests": len(tokens), "output_tokens": sum(tokens),
             "wall_s": round(wall, 3), "tokens_per_s": round(sum(tokens) / wall, 1),
-            "ttft_p50_ms": round(1000 * percentile(ttft, 0.5), 1), "ttft_p95_ms": round(1000 * percentile(ttft, 0.95), 1)}
+            "ttft_p50_ms": ms[0.5], "ttft_p95_ms": ms[0.95]}
 
 
 def bench_transformers(model_dir: str, texts: list[str], max_new_tokens: int, max_seconds: float) -> dict:
@@ -104,6 +107,24 @@ def bench_vllm(openai_client, texts: list[str], streams: int, max_new_tokens: in
     return summarize("vLLM", streams, [n for n, _ in done], [t for _, t in done], wall)
 
 
+def bench_engine(settings: ServeSettings, texts: list[str], streams: int, max_new_tokens: int) -> dict:
+    """The server's engine alone: vLLM's offline `LLM` with the same settings, `streams` sequences at a
+    time, no HTTP, SSE or client. It bounds what any server configuration can reach on this machine."""
+    from vllm import LLM, SamplingParams
+
+    os.environ.update({k: v for k, v in vllm_env(settings, API_KEY).items() if k.startswith("VLLM_CPU")})
+    llm = LLM(model=settings.model, dtype=settings.dtype, max_model_len=settings.max_model_len,
+              enforce_eager=settings.enforce_eager, tensor_parallel_size=settings.tensor_parallel_size,
+              max_num_seqs=streams)
+    greedy = SamplingParams(temperature=0, max_tokens=max_new_tokens)
+    conversations = [user_messages(t) for t in texts]
+    llm.chat(conversations[:2], greedy, use_tqdm=False)  # warm-up, not measured
+    start = time.perf_counter()
+    outputs = llm.chat(conversations, greedy, use_tqdm=False)
+    wall = time.perf_counter() - start
+    return summarize("vLLM engine, no HTTP", streams, [len(o.outputs[0].token_ids) for o in outputs], [], wall)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model dir (default: params serve.model)")
@@ -112,6 +133,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: evaluate.max_new_tokens")
     ap.add_argument("--max-seconds", type=float, default=300, help="time bound per arm")
+    ap.add_argument("--no-engine-arm", dest="engine_arm", action="store_false",
+                    help="skip the engine-alone ceiling (offline LLM, most streams at a time)")
     ap.add_argument("--out", default="bench/results/serve.json")
     args = ap.parse_args()
 
@@ -135,6 +158,9 @@ def main() -> None:
         for streams in args.streams:
             print(f"vLLM, {streams} concurrent streams ...", flush=True)
             rows.append(bench_vllm(client, texts, streams, max_new, args.max_seconds))
+    if args.engine_arm:  # after the server is gone, so the two never share the cores
+        print(f"vLLM engine alone, {max(args.streams)} at a time ...", flush=True)
+        rows.append(bench_engine(settings, texts, max(args.streams), max_new))
 
     base = rows[0]["tokens_per_s"]
     for r in rows:
@@ -142,8 +168,8 @@ def main() -> None:
     print(f"\nmodel {settings.model}, max_new_tokens {max_new}\n")
     print(f"{'arm':24s} {'streams':>7s} {'requests':>8s} {'out tok/s':>10s} {'ratio':>7s} {'TTFT p50':>9s} {'TTFT p95':>9s}")
     for r in rows:
-        print(f"{r['arm']:24s} {r['streams']:7d} {r['requests']:8d} {r['tokens_per_s']:10.1f} {r['ratio']:6.2f}x "
-              f"{r['ttft_p50_ms']:7.1f}ms {r['ttft_p95_ms']:7.1f}ms")
+        ttft = "".join(f"{v:7.1f}ms" if v is not None else f"{'-':>9s}" for v in (r["ttft_p50_ms"], r["ttft_p95_ms"]))
+        print(f"{r['arm']:24s} {r['streams']:7d} {r['requests']:8d} {r['tokens_per_s']:10.1f} {r['ratio']:6.2f}x  {ttft}")
     out.write_text(json.dumps({"model": str(settings.model), "max_new_tokens": max_new, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
 

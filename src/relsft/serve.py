@@ -88,7 +88,7 @@ class ServeSettings:
     dtype: str = "float32"
     max_model_len: int = 0
     kv_cache_space_gib: int = 1
-    enforce_eager: bool = True
+    enforce_eager: bool = False
     tensor_parallel_size: int = 1
     startup_timeout: float = 600
     enable_lora: bool = False
