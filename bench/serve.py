@@ -3,12 +3,13 @@
 
     python bench/serve.py [--model export/relsft-model] [--requests 64] [--max-new-tokens N] [--params params.yaml]
 
-Run from the project root after `dvc repro` (it reads datasets/test.jsonl for prompts). Both arms
-decode the same test texts greedily through the same chat template, up to evaluate.max_new_tokens.
+Run from the project root after `dvc repro` (it reads datasets/test.jsonl for prompts). Every arm
+decodes test texts greedily through the same chat template, up to evaluate.max_new_tokens; each
+vLLM arm gets texts that no earlier vLLM arm sent, so none is served from vLLM's prefix cache.
 The baseline runs first, before the server starts, so the two never share the cores. The server
 listens on 127.0.0.1 only and is stopped (its whole process group) at the end. A last arm runs
 the server's engine alone (vLLM's offline `LLM`, same settings, 16 sequences at a time, no HTTP):
-the ceiling any server configuration can reach on this machine and model.
+within run-to-run noise, the ceiling of any server configuration on this machine and model.
 
 Reported per arm: output tokens/s (completion tokens / wall time), ratio to the baseline, and
 time to first token p50/p95. Writes bench/results/serve.json. Bounded: --requests per arm
@@ -107,9 +108,10 @@ def bench_vllm(openai_client, texts: list[str], streams: int, max_new_tokens: in
     return summarize("vLLM", streams, [n for n, _ in done], [t for _, t in done], wall)
 
 
-def bench_engine(settings: ServeSettings, texts: list[str], streams: int, max_new_tokens: int) -> dict:
+def bench_engine(settings: ServeSettings, texts: list[str], warm_up: list[str], streams: int,
+                 max_new_tokens: int) -> dict:
     """The server's engine alone: vLLM's offline `LLM` with the same settings, `streams` sequences at a
-    time, no HTTP, SSE or client. It bounds what any server configuration can reach on this machine."""
+    time, no HTTP, SSE or client: what any server configuration can reach here, up to noise."""
     from vllm import LLM, SamplingParams
 
     os.environ.update({k: v for k, v in vllm_env(settings, API_KEY).items() if k.startswith("VLLM_CPU")})
@@ -118,7 +120,7 @@ def bench_engine(settings: ServeSettings, texts: list[str], streams: int, max_ne
               max_num_seqs=streams)
     greedy = SamplingParams(temperature=0, max_tokens=max_new_tokens)
     conversations = [user_messages(t) for t in texts]
-    llm.chat(conversations[:2], greedy, use_tqdm=False)  # warm-up, not measured
+    llm.chat([user_messages(t) for t in warm_up], greedy, use_tqdm=False)  # not measured
     start = time.perf_counter()
     outputs = llm.chat(conversations, greedy, use_tqdm=False)
     wall = time.perf_counter() - start
@@ -147,20 +149,25 @@ def main() -> None:
     max_new = args.max_new_tokens or params["evaluate"]["max_new_tokens"]
     with open("datasets/test.jsonl", encoding="utf-8") as f:
         pool = [json.loads(line)["text"] for line in f]
-    texts = [pool[i % len(pool)] for i in range(max(args.requests, max(args.streams)))]
+    n = max(args.requests, max(args.streams))
 
-    print(f"transformers generate, one request at a time: {len(texts)} requests ...", flush=True)
-    rows = [bench_transformers(settings.model, texts, max_new, args.max_seconds)]
+    def fresh(arm: int) -> list[str]:
+        # Each vLLM arm gets texts no earlier arm sent: vLLM caches prompt prefixes, and a repeated
+        # prompt would skip the prefill that real traffic pays. (Wraps only when the split is short.)
+        return [pool[(arm * n + i) % len(pool)] for i in range(n)]
+
+    print(f"transformers generate, one request at a time: {n} requests ...", flush=True)
+    rows = [bench_transformers(settings.model, fresh(0), max_new, args.max_seconds)]
     print("starting vLLM ...", flush=True)
     with VLLMServer(settings, api_key=API_KEY, log_path=out.with_suffix(".vllm.log")) as server:
         client = OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=300)
-        bench_vllm(client, texts[:2], 1, max_new, 60)  # warm-up, not measured
-        for streams in args.streams:
+        bench_vllm(client, pool[-2:], 1, max_new, 60)  # warm-up, not measured
+        for arm, streams in enumerate(args.streams, start=1):
             print(f"vLLM, {streams} concurrent streams ...", flush=True)
-            rows.append(bench_vllm(client, texts, streams, max_new, args.max_seconds))
-    if args.engine_arm:  # after the server is gone, so the two never share the cores
+            rows.append(bench_vllm(client, fresh(arm), streams, max_new, args.max_seconds))
+    if args.engine_arm:  # after the server is gone, so the two never share the cores; a new cache
         print(f"vLLM engine alone, {max(args.streams)} at a time ...", flush=True)
-        rows.append(bench_engine(settings, texts, max(args.streams), max_new))
+        rows.append(bench_engine(settings, fresh(0), pool[-2:], max(args.streams), max_new))
 
     base = rows[0]["tokens_per_s"]
     for r in rows:
