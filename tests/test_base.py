@@ -86,3 +86,25 @@ def test_untrained_base_copies_unseen_names_through_its_circuit(base_dir, tiny_p
                 hits += pred[pos] == ids[pos + 1]
     assert total > 300
     assert hits / total >= 0.95, f"copied {hits}/{total}"
+
+
+@pytest.mark.parametrize("free_write", [0.0, 0.002])
+def test_free_heads_get_gradient_from_the_first_step_only_when_they_write(tiny_params, raw_data_dir, free_write):
+    """LoRA starts with B = 0, so a head whose output projection is zero passes no gradient to its
+    query and key adapters; `free_write` gives the free heads (not the circuit's head 0) a faint
+    write, and with it a gradient on step one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from relsft.base import build_builtin
+
+    cfg = dict(tiny_params["base"]["builtin"], free_write=free_write)
+    model, tok = build_builtin(raw_data_dir, cfg)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    ids = tok("韩立与紫灵是师徒关系。韩立与紫灵", return_tensors="pt")["input_ids"]
+    model(input_ids=ids, labels=ids).loss.backward()
+    head_dim = cfg["hidden_size"] // cfg["num_heads"]
+    for layer in model.base_model.model.model.layers:
+        grad = layer.self_attn.q_proj.lora_B["default"].weight.grad
+        free = grad[head_dim:].abs().sum().item()  # rows of heads 1.. (head 0 is the circuit's)
+        assert (free > 0) == (free_write > 0), (free_write, free)

@@ -118,6 +118,18 @@ def test_malformed_template_file_is_reported_with_its_line(raw_data_dir, tmp_pat
         load_raw(d)
 
 
+def test_a_held_out_template_with_a_character_no_training_text_has_is_refused(raw_data_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(raw_data_dir, d)
+    assert "曰" not in load_raw(d).fixed_text()
+    with (d / "templates.tsv").open("a", encoding="utf-8") as f:
+        f.write("ood\tpair\t*\t{x}与{y}曰{r}。\n")
+    with pytest.raises(RawDataError, match=r"templates.tsv:\d+: .*'曰'.*add a train template"):
+        Generator(load_raw(d), {"ood_fraction": 0.15, "seed": 0})
+
+
 def test_a_million_examples_stream_in_bounded_memory(raw_data_dir, tmp_path):
     """Generation streams: memory stays flat while the file grows (200k examples here, ~1/5 of the 1M goal)."""
     code = f"""

@@ -104,7 +104,7 @@ def build_builtin(data_dir: str | Path, cfg: dict[str, Any]):
     torch.manual_seed(cfg["seed"])
     model = Qwen2ForCausalLM(config)
     if cfg["copy_circuit"]:
-        install_copy_circuit(model, cfg["seed"])
+        install_copy_circuit(model, cfg["seed"], cfg["free_write"])
     return model, tok
 
 

@@ -13,8 +13,10 @@ the two-head circuit described by Olsson et al. (2022), "In-context learning and
   one that followed the current token last time, into OUT, which is all the output layer reads.
 
 So the base predicts "what followed this token before" everywhere, names it never saw included.
-Every other head and both MLPs start silent (zero output projections), with the FREE subspace
-for them to write in. Every embedding also carries one constant feature there: a LoRA-adapted
+Every other head and both MLPs start nearly silent, with the FREE subspace for them to write in:
+their output projections write a faint random signal (`free_write`) into OUT and FREE, so that
+their LoRA adapters get a gradient from the first step (zero projections would pass none until
+LoRA's own zero-initialised output factors had grown). Every embedding also carries one constant feature there: a LoRA-adapted
 projection is linear in its input, so without a constant no free head could attend by position
 (which sentence, which slot) rather than by content. Fine-tuning (LoRA) learns when to copy,
 where names start, the separators and the relation, and leaves the embeddings and output layer
@@ -93,7 +95,7 @@ def route_head(attn, head: slice, read: slice, write: slice, norm: float) -> Non
 
 
 @torch.no_grad()
-def install_copy_circuit(model, seed: int) -> None:
+def install_copy_circuit(model, seed: int, free_write: float = 0.0) -> None:
     cfg = model.config
     d, heads = cfg.hidden_size, cfg.num_attention_heads
     dh = d // heads
@@ -139,3 +141,12 @@ def install_copy_circuit(model, seed: int) -> None:
     route_head(attn, head0, read=tok, write=out, norm=a * math.sqrt(d / 2))
     attn.q_proj.weight[dims, tok] = beta / a * proj
     attn.k_proj.weight[dims, prev] = beta * proj
+
+    # The free heads and MLPs write a faint random signal into OUT and FREE (never TOK, PREV or the
+    # constant, which the circuit reads). Silent, they would pass no gradient back to their own
+    # LoRA-adapted inputs until their output projections' LoRA had grown out of its zero init.
+    rows = torch.cat([torch.arange(2 * dh, 3 * dh), torch.arange(constant + 1, d)])
+    for layer in model.model.layers if free_write else []:
+        o, down = layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
+        o[rows, dh:] = free_write * torch.randn(len(rows), d - dh, generator=gen)
+        down[rows] = free_write * torch.randn(len(rows), down.shape[1], generator=gen)

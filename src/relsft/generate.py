@@ -22,7 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .io import atomic_file, jsonl_line, write_json
-from .rawdata import RawData, Template, load_raw, parse_annotated
+from .rawdata import RawData, RawDataError, Template, load_raw, parse_annotated
 from .relations import INSTRUCTION
 
 SPLITS = ("train", "val", "test", "test_ood")
@@ -79,8 +79,27 @@ def new_name(rng: random.Random, pool: NamePool, taken: list[str]) -> str:
             return name
 
 
+def check_ood_wording(raw: RawData) -> None:
+    """A held-out template must be a new wording of words the training text uses.
+
+    The builtin model knows only the Chinese it is trained on. A character that occurs in no
+    training text looks exactly like an unseen name character, so the model copies it into the
+    name ("岑馈互" from "...与岑馈互为..."): such a template would measure the vocabulary, not
+    generalisation to new sentence structures.
+    """
+    seen = set(raw.fixed_text()) | set(INSTRUCTION) | {c for a in raw.annotated for c in parse_annotated(a)["text"]}
+    for t in raw.templates:
+        unseen = sorted(set(t.text.format(x="", y="", r="")) - seen)
+        if t.split == "ood" and unseen:
+            raise RawDataError(
+                f"templates.tsv:{t.line}: the held-out template {t.text!r} uses {''.join(unseen)!r}, which no "
+                "training text has; add a train template, opener or distractor that uses it"
+            )
+
+
 class Generator:
     def __init__(self, raw: RawData, params: dict[str, Any]):
+        check_ood_wording(raw)
         self.raw, self.p = raw, params
         self.pools = name_pools(raw, params["ood_fraction"], params["seed"])
         self.templates = {
