@@ -16,9 +16,9 @@ So the base predicts "what followed this token before" everywhere, names it neve
 Every other head and both MLPs start nearly silent, with the FREE subspace for them to write in:
 their output projections write a faint random signal (`free_write`) into OUT and FREE, so that
 their LoRA adapters get a gradient from the first step (zero projections would pass none until
-LoRA's own zero-initialised output factors had grown). Every embedding also carries one constant feature there: a LoRA-adapted
-projection is linear in its input, so without a constant no free head could attend by position
-(which sentence, which slot) rather than by content. Fine-tuning (LoRA) learns when to copy,
+LoRA's own zero-initialised output factors had grown). Every embedding also carries one constant
+feature in FREE: a LoRA-adapted projection is linear in its input, so without a constant no free
+head could attend by position (which sentence, which slot) rather than by content. Fine-tuning (LoRA) learns when to copy,
 where names start, the separators and the relation, and leaves the embeddings and output layer
 alone, so characters that never occur in training copy exactly as well as those that do.
 In an ablation (4,000 steps, before openers), the constant lifted strict F1 on test from 0.71 to 0.93.
@@ -142,9 +142,8 @@ def install_copy_circuit(model, seed: int, free_write: float = 0.0) -> None:
     attn.q_proj.weight[dims, tok] = beta / a * proj
     attn.k_proj.weight[dims, prev] = beta * proj
 
-    # The free heads and MLPs write a faint random signal into OUT and FREE (never TOK, PREV or the
-    # constant, which the circuit reads). Silent, they would pass no gradient back to their own
-    # LoRA-adapted inputs until their output projections' LoRA had grown out of its zero init.
+    # The faint write of the free heads and MLPs (docstring): never into TOK, PREV or the constant,
+    # which the circuit reads.
     rows = torch.cat([torch.arange(2 * dh, 3 * dh), torch.arange(constant + 1, d)])
     for layer in model.model.layers if free_write else []:
         o, down = layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
