@@ -18,9 +18,10 @@ their output projections write a faint random signal (`free_write`) into OUT and
 their LoRA adapters get a gradient from the first step (zero projections would pass none until
 LoRA's own zero-initialised output factors had grown). Every embedding also carries one constant
 feature in FREE: a LoRA-adapted projection is linear in its input, so without a constant no free
-head could attend by position (which sentence, which slot) rather than by content. Fine-tuning (LoRA) learns when to copy,
-where names start, the separators and the relation, and leaves the embeddings and output layer
-alone, so characters that never occur in training copy exactly as well as those that do.
+head could attend by position (which sentence, which slot) rather than by content. Fine-tuning
+(LoRA) learns when to copy, where names start, the separators and the relation, and leaves the
+embeddings and output layer alone, so characters that never occur in training copy exactly as
+well as those that do.
 In an ablation (4,000 steps, before openers), the constant lifted strict F1 on test from 0.71 to 0.93.
 
 Residual layout (hidden = 4 x head_dim): [TOK | PREV | OUT | FREE].
@@ -142,10 +143,11 @@ def install_copy_circuit(model, seed: int, free_write: float = 0.0) -> None:
     attn.q_proj.weight[dims, tok] = beta / a * proj
     attn.k_proj.weight[dims, prev] = beta * proj
 
-    # The faint write of the free heads and MLPs (docstring): never into TOK, PREV or the constant,
-    # which the circuit reads.
-    rows = torch.cat([torch.arange(2 * dh, 3 * dh), torch.arange(constant + 1, d)])
-    for layer in model.model.layers if free_write else []:
-        o, down = layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
-        o[rows, dh:] = free_write * torch.randn(len(rows), d - dh, generator=gen)
-        down[rows] = free_write * torch.randn(len(rows), down.shape[1], generator=gen)
+    if free_write:
+        # The faint write of the free heads and MLPs (docstring): never into TOK, PREV or the
+        # constant, which the circuit reads.
+        rows = torch.cat([torch.arange(2 * dh, 3 * dh), torch.arange(constant + 1, d)])
+        for layer in model.model.layers:
+            o, down = layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
+            o[rows, dh:] = free_write * torch.randn(len(rows), d - dh, generator=gen)
+            down[rows] = free_write * torch.randn(len(rows), down.shape[1], generator=gen)
