@@ -115,9 +115,7 @@ def bench_engine(settings: ServeSettings, texts: list[str], warm_up: list[str], 
     from vllm import LLM, SamplingParams
 
     os.environ.update({k: v for k, v in vllm_env(settings, API_KEY).items() if k.startswith("VLLM_CPU")})
-    llm = LLM(model=settings.model, dtype=settings.dtype, max_model_len=settings.max_model_len,
-              enforce_eager=settings.enforce_eager, tensor_parallel_size=settings.tensor_parallel_size,
-              max_num_seqs=streams)
+    llm = LLM(**settings.engine_args(), max_num_seqs=streams)
     greedy = SamplingParams(temperature=0, max_tokens=max_new_tokens)
     conversations = [user_messages(t) for t in texts]
     llm.chat([user_messages(t) for t in warm_up], greedy, use_tqdm=False)  # not measured

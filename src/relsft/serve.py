@@ -106,14 +106,21 @@ class ServeSettings:
             s.max_model_len = needed_model_len(s.model, params)
         return s
 
+    def engine_args(self) -> dict[str, Any]:
+        """The vLLM engine arguments, shared by the server's command line and `vllm.LLM` (bench/serve.py)."""
+        return {"model": str(self.model), "dtype": self.dtype, "max_model_len": self.max_model_len,
+                "enforce_eager": self.enforce_eager, "tensor_parallel_size": self.tensor_parallel_size}
+
 
 def vllm_command(s: ServeSettings) -> list[str]:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model),
-           "--served-model-name", s.served_model_name, "--host", s.host, "--port", str(s.port),
-           "--dtype", s.dtype, "--max-model-len", str(s.max_model_len),
-           "--tensor-parallel-size", str(s.tensor_parallel_size)]
-    if s.enforce_eager:
-        cmd.append("--enforce-eager")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--served-model-name", s.served_model_name, "--host", s.host, "--port", str(s.port)]
+    for name, value in s.engine_args().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            cmd += [flag] if value else []
+        else:
+            cmd += [flag, str(value)]
     if s.enable_lora:
         ranks = [check_adapter(d) for d in s.lora_modules.values()]
         if not ranks:
