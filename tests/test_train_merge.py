@@ -87,9 +87,27 @@ def relsft(args, cwd, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def test_evaluating_more_often_does_not_change_what_training_sees(workdir, tiny_params):
+    """The losses into the second epoch are identical whatever `eval_steps` is (relsft/sampling.py)."""
+    from relsft.train import build_trainer
+
+    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"])
+    curves, evaluations = {}, {}
+    for every in (5, 30):
+        trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / f"order-{every}",
+                                max_steps=70, eval_steps=every, save_strategy="no", logging_steps=5,
+                                disable_tqdm=True)
+        assert len(trainer.train_dataset) // cfg["batch_size"] < 60  # the run crosses an epoch boundary
+        trainer.train()
+        curves[every] = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+        evaluations[every] = sum(1 for e in trainer.state.log_history if "eval_loss" in e)
+    assert len(curves[5]) == 14 and evaluations[5] > evaluations[30]
+    assert curves[5] == curves[30]
+
+
 def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     params = yaml.safe_load((workdir / "params.yaml").read_text(encoding="utf-8"))
-    params["train"].update(max_steps=40, save_steps=10, eval_steps=20)
+    params["train"].update(max_steps=60, save_steps=10, eval_steps=20)  # 400 examples: into the 2nd epoch
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     ckpts = workdir / "checkpoints"
     shutil.rmtree(ckpts, ignore_errors=True)
@@ -108,8 +126,14 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     import json
 
     summary = json.loads((workdir / "reports/training/train_summary.json").read_text())
-    assert summary["steps"] == 40
+    assert summary["steps"] == 60
     assert (workdir / "models/adapter/adapter_model.safetensors").exists()
+    # ... and it continues as if it had never been killed: same batches, same losses.
+    resumed = (workdir / "reports/training/train_loss.csv").read_text()
+    shutil.rmtree(ckpts)
+    out, _ = relsft(["train"], workdir).communicate(timeout=600)
+    assert "resuming from" not in out
+    assert (workdir / "reports/training/train_loss.csv").read_text() == resumed
 
 
 def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch, tiny_params):

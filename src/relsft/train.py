@@ -114,7 +114,8 @@ def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_
     from datasets import load_dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
+
+    from .sampling import SeededOrderSFTTrainer
 
     score_only_completion_tokens_on_cpu()
     if cfg.get("num_threads"):
@@ -132,7 +133,7 @@ def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_
         modules_to_save=cfg["lora"]["modules_to_save"] or None,
         ensure_weight_tying=bool(cfg["lora"]["modules_to_save"]),
     )
-    return SFTTrainer(
+    return SeededOrderSFTTrainer(
         model=model,
         args=sft_config(cfg, run_dir, **overrides),
         train_dataset=data["train"],
