@@ -131,8 +131,9 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     # ... and it continues as if it had never been killed: same batches, same losses.
     resumed = (workdir / "reports/training/train_loss.csv").read_text()
     shutil.rmtree(ckpts)
-    out, _ = relsft(["train"], workdir).communicate(timeout=600)
-    assert "resuming from" not in out
+    fresh = relsft(["train"], workdir)
+    out, _ = fresh.communicate(timeout=600)
+    assert fresh.returncode == 0 and "resuming from" not in out, out
     assert (workdir / "reports/training/train_loss.csv").read_text() == resumed
 
 
