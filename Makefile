@@ -12,10 +12,12 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # uv installs the same pins as pip in seconds instead of ~2 minutes (parallel downloads, a
 # hard-linked cache; pip spent most of the first command's set-up here). uv does not read pip's
 # config, so pip's find-links (here: the local CPU wheel of torch) and an extra index set in the
-# environment (PIP_EXTRA_INDEX_URL, e.g. PyTorch's CPU index) are passed on; constraints.txt keeps
-# torch on the CPU build either way.
+# environment (PIP_EXTRA_INDEX_URL, e.g. PyTorch's CPU index) are passed on, and every index is
+# searched for the best match, as pip does; constraints.txt keeps torch on the CPU build either way.
+# --compile-bytecode, as pip does: where PYTHONDONTWRITEBYTECODE is set, every stage's process would
+# otherwise recompile all it imports (merge took 13.6 s instead of 7).
 FIND_LINKS = $(sort $(shell python3 -m pip config get global.find-links 2>/dev/null) $(PIP_FIND_LINKS))
-UV_FLAGS = -q -c constraints.txt --index-strategy unsafe-best-match $(addprefix --find-links ,$(FIND_LINKS)) \
+UV_FLAGS = -q --compile-bytecode -c constraints.txt --index-strategy unsafe-best-match $(addprefix --find-links ,$(FIND_LINKS)) \
             $(addprefix --extra-index-url ,$(PIP_EXTRA_INDEX_URL))
 
 $(VENV)/.installed: pyproject.toml constraints.txt
