@@ -58,9 +58,9 @@ def test_ood_names_and_templates_never_occur_in_train(generated, raw_data_dir):
         assert fixed not in train_text or not fixed  # the template's whole text never appears in train
 
 
-def _render(raw, text, relation, opener_rate=0.0, seed=0):
+def _render(raw, text, relation, opener_rate=0.0, seed=0, adverb_rate=0.0):
     gen = Generator(raw, {"ood_fraction": 0.15, "seed": 0, "min_relations": 1, "max_relations": 1,
-                          "distractor_weights": [1, 0, 0], "opener_rate": opener_rate})
+                          "distractor_weights": [1, 0, 0], "opener_rate": opener_rate, "adverb_rate": adverb_rate})
     gen.templates["train"] = [Template("train", "role", (relation,), text, 0)]
     import random
 
@@ -91,6 +91,21 @@ def test_openers_vary_training_sentences_but_never_recreate_a_held_out_template(
         assert opener in raw.openers, ex  # the label still reads the core sentence the right way round
         seen.add(opener)
     assert "据说" not in seen and len(seen) == len(raw.openers) - 1
+
+
+def test_adverbs_vary_what_follows_a_span_but_never_recreate_a_held_out_template(raw_data_dir):
+    """`{y}的{r}也是{x}`: after an adverb the character that follows the relation no longer says it was the
+    relation. `{y}的{r}正是{x}` is never made: `原来{y}的{r}正是{x}。` is a test_ood template."""
+    raw = load_raw(raw_data_dir)
+    assert "原来{y}的{r}正是{x}。" in {t.text for t in raw.templates if t.split == "ood"} and "正" in raw.adverbs
+    seen = set()
+    for seed in range(300):
+        ex = _render(raw, "{y}的{r}是{x}。", "师父", adverb_rate=1.0, seed=seed)
+        (rel,) = parse_output(ex["output"]).relations
+        head, tail = f"{rel.b}的师父", f"是{rel.a}。"  # the label still names x, after 是, as the 师父
+        assert ex["text"].startswith(head) and ex["text"].endswith(tail), ex
+        seen.add(ex["text"].removeprefix(head).removesuffix(tail))
+    assert seen == set(raw.adverbs) - {"正"}
 
 
 def test_receiving_a_disciple_is_labelled_as_disciple(raw_data_dir):
@@ -135,8 +150,8 @@ def test_a_million_examples_stream_in_bounded_memory(raw_data_dir, tmp_path):
     code = f"""
 import resource, sys
 from relsft.generate import generate
-p = {{"seed": 1, "ood_fraction": 0.15, "min_relations": 1, "max_relations": 4, "distractor_weights": [5, 3, 2], "opener_rate": 0.35,
-     "sizes": {{"train": int(sys.argv[1]), "val": 10, "test": 10, "test_ood": 10}}}}
+p = {{"seed": 1, "ood_fraction": 0.15, "min_relations": 1, "max_relations": 4, "distractor_weights": [5, 3, 2],
+     "opener_rate": 0.35, "adverb_rate": 0.3, "sizes": {{"train": int(sys.argv[1]), "val": 10, "test": 10, "test_ood": 10}}}}
 generate({str(raw_data_dir)!r}, {str(tmp_path)!r}, p)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """

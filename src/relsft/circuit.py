@@ -136,12 +136,14 @@ def install_copy_circuit(model, seed: int, free_write: float = 0.0) -> None:
 
     attn = model.model.layers[1].self_attn
     dims = slow_rotary_dims(dh, theta, context=cfg.max_position_embeddings)
-    proj = torch.linalg.qr(torch.randn(dh, dh, generator=gen))[0][: len(dims)]  # orthonormal rows
+    # Orthonormal rows. LAPACK's float32 QR differs in the last bit with the thread count and the CPU's
+    # instruction set; in float64, rounded once into the float32 weights, every machine builds the same base.
+    proj = torch.linalg.qr(torch.randn(dh, dh, generator=gen).double())[0][: len(dims)]
     # score = beta^2 * (d/2) * <P e_cur, P e_prev> / sqrt(dh); a match gives <.,.> = len(dims)/dh.
     beta = math.sqrt(MATCH_SCALE * math.sqrt(dh) / (d / 2))
     route_head(attn, head0, read=tok, write=out, norm=a * math.sqrt(d / 2))
-    attn.q_proj.weight[dims, tok] = beta / a * proj
-    attn.k_proj.weight[dims, prev] = beta * proj
+    attn.q_proj.weight[dims, tok] = (beta / a * proj).float()
+    attn.k_proj.weight[dims, prev] = (beta * proj).float()
 
     if free_write:
         # The faint write of the free heads and MLPs (docstring): never into TOK, PREV or the

@@ -8,7 +8,8 @@ test_ood uses held-out templates and names built only from characters that never
 the training split, so it measures whether the model copies names rather than recalls them.
 In the other splits a share of sentences starts with a random opener (据说, 那一年, ...): an
 opener then says nothing about which name holds the relation, and the model must read that from
-the sentence's structure.
+the sentence's structure. Likewise a share gets an adverb before the 是 that follows a name or
+the relation (`{y}的{r}也是{x}`), so that the character after a span does not say which span it is.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Generator:
         }
         self.ood_texts = {t.text for t in self.templates["ood"]}
         self._openers: dict[str, list[str]] = {}
+        self._adverbed: dict[str, list[str]] = {}
 
     def openers(self, text: str) -> list[str]:
         """Openers for a training template: none if it has its own, and never one that would make
@@ -116,6 +118,15 @@ class Generator:
             own = any(text.startswith(o) for o in self.raw.openers)
             self._openers[text] = [] if own else [o for o in self.raw.openers if o + text not in self.ood_texts]
         return self._openers[text]
+
+    def adverbed(self, text: str) -> list[str]:
+        """A training template with an adverb before the 是 right after its first slot; never one that
+        a held-out template ends with (an opener could complete it)."""
+        if text not in self._adverbed:
+            i = text.find("}是") + 1
+            variants = [text[:i] + a + text[i:] for a in self.raw.adverbs] if i else []
+            self._adverbed[text] = [v for v in variants if not any(o.endswith(v) for o in self.ood_texts)]
+        return self._adverbed[text]
 
     def allowed_relations(self, t: Template) -> list[str]:
         if t.relations is not None:
@@ -138,6 +149,9 @@ class Generator:
             t = rng.choice(templates)
             r = rng.choice(self.allowed_relations(t))
             text = t.text
+            adverbed = self.adverbed(text) if kind == "train" else []
+            if adverbed and rng.random() < self.p["adverb_rate"]:
+                text = rng.choice(adverbed)
             openers = self.openers(text) if kind == "train" else []
             if openers and rng.random() < self.p["opener_rate"]:
                 text = rng.choice(openers) + text

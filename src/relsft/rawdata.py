@@ -1,5 +1,5 @@
-"""The raw inputs under data/: relation vocabulary, sentence templates, openers, distractors, surnames,
-given-name characters and hand-annotated passages.
+"""The raw inputs under data/: relation vocabulary, sentence templates, openers, adverbs, distractors,
+surnames, given-name characters and hand-annotated passages.
 
 The package ships the default inputs; `relsft init-data` writes them to data/ byte-identically,
 so a fresh clone without a reachable DVC remote still matches data.dvc (`dvc status` is clean).
@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 FILES = (
-    "relations.tsv", "templates.tsv", "openers.txt", "distractors.txt", "surnames.txt", "given_chars.txt", "annotated.jsonl",
+    "relations.tsv", "templates.tsv", "openers.txt", "adverbs.txt", "distractors.txt", "surnames.txt", "given_chars.txt",
+    "annotated.jsonl",
 )
 PLACEHOLDER_RE = re.compile(r"\{(\w*)\}")
 TEMPLATE_FIELDS = {"x", "y", "r"}
@@ -48,6 +49,7 @@ class RawData:
     relations: dict[str, RelationType]
     templates: list[Template]
     openers: list[str]
+    adverbs: list[str]
     distractors: list[str]
     surnames: list[str]
     given_chars: list[str]
@@ -55,7 +57,7 @@ class RawData:
 
     def fixed_text(self) -> str:
         """Every text the project writes itself (no names): what the tokenizer is trained on."""
-        parts = [t.text for t in self.templates if t.split == "train"] + self.openers + self.distractors
+        parts = [t.text for t in self.templates if t.split == "train"] + self.openers + self.adverbs + self.distractors
         parts += [r.name for r in self.relations.values()]
         return "\n".join(parts)
 
@@ -109,12 +111,13 @@ def load_raw(data_dir: str | Path) -> RawData:
         templates.append(Template(cols[0], cols[1], rels, cols[3], no))
 
     openers = _phrases(d / "openers.txt", set())
+    adverbs = _phrases(d / "adverbs.txt", set())
     distractors = _phrases(d / "distractors.txt", DISTRACTOR_FIELDS)
 
     surnames = [s for _, line in _lines(d / "surnames.txt") for s in line.split()]
     given = [c for _, line in _lines(d / "given_chars.txt") for c in line.strip()]
     annotated = [line for _, line in _lines(d / "annotated.jsonl")]
-    return RawData(relations, templates, openers, distractors, surnames, list(dict.fromkeys(given)), annotated)
+    return RawData(relations, templates, openers, adverbs, distractors, surnames, list(dict.fromkeys(given)), annotated)
 
 
 def parse_annotated(line: str) -> dict[str, str]:
