@@ -51,7 +51,7 @@ def bench_transformers(model_dir: str, texts: list[str], max_new_tokens: int, ma
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from relsft.format import render_prompt
+    from relsft.chat import render_prompt
     from relsft.generation import load_for_inference
 
     class FirstToken(BaseStreamer):

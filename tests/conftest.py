@@ -48,13 +48,18 @@ def deep_update(d: dict, u: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def params() -> dict:
-    with (ROOT / "params.yaml").open(encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """params.yaml over its recipe, as the stages read it."""
+    from relsft.params import load_params
+
+    return load_params(ROOT / "params.yaml")
 
 
 @pytest.fixture(scope="session")
 def tiny_params(params) -> dict:
-    return deep_update(copy.deepcopy(params), TINY)
+    """Every setting resolved, no `recipe` key: a params.yaml of its own, needing no recipes/ beside it."""
+    tiny = deep_update(copy.deepcopy(params), TINY)
+    tiny.pop("recipe")
+    return tiny
 
 
 @pytest.fixture(scope="session")
@@ -75,11 +80,14 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> su
 
 
 def make_project(dst: Path, params: dict) -> Path:
-    """A fresh git + DVC project with this repo's pipeline, package sources and `params`."""
+    """A fresh git + DVC project with this repo's pipeline, recipes, package sources and `params`
+    (resolved: every key in params.yaml, so the recipe it names sets nothing)."""
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dvc.yaml", dst / "dvc.yaml")
+    shutil.copytree(ROOT / "recipes", dst / "recipes")
     shutil.copytree(ROOT / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / ".gitignore", dst / ".gitignore")
+    params = {"recipe": "builtin-cpu", **params}  # dvc.yaml names recipes/${recipe}.yaml; params.yaml overrides it all
     (dst / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
     run(["git", "init", "-q", "-b", "main"], dst)
     run(["git", "config", "user.email", "ci@relsft.invalid"], dst)
@@ -105,3 +113,38 @@ def pipeline_project(tmp_path_factory, tiny_params) -> Path:
     run(["git", "add", "-A"], proj)
     run(["git", "commit", "-q", "-m", "pipeline run"], proj)
     return proj
+
+
+def teach_one_relation(export: Path, data_dir: Path, tiny_params: dict, work: Path, steps: int = 300) -> Path:
+    """An exported model trained a little more on one-relation examples, in the export layout.
+
+    A tiny pipeline's model never ends an answer and nothing it says parses, which would leave
+    stop handling and parsing untested. `steps` (300: ~30 s) on one-relation examples, made by the
+    generate and format stages, teach it to answer one well-formed line and stop (not the task:
+    the names are often wrong); the files stay the export's own (tokenizer, chat template,
+    generation_config). The examples it was taught on are kept beside it (`work/datasets`).
+    """
+    import torch
+
+    from relsft.format import format_dataset
+    from relsft.generate import generate
+    from relsft.train import build_trainer
+
+    dst = work / "relsft-model"
+    shutil.copytree(export, dst)
+    one_relation = dict(tiny_params["generate"], min_relations=1, max_relations=1, distractor_weights=[1, 0, 0],
+                        sizes={"train": 400, "val": 16, "test": 48, "test_ood": 8})
+    generate(data_dir, work / "datasets", one_relation)
+    format_dataset(export, work / "datasets", work / "formatted", tiny_params["format"])
+    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], max_steps=steps,
+               learning_rate=0.01, num_threads=1, logging_steps=100)
+    threads = torch.get_num_threads()
+    try:
+        trainer = build_trainer(export, work / "formatted", cfg, work / "run", eval_strategy="no",
+                                save_strategy="no", disable_tqdm=True)
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    trainer.model.merge_and_unload().save_pretrained(dst)
+    shutil.copy(export / "generation_config.json", dst / "generation_config.json")
+    return dst

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, run, teach_one_relation
 from relsft.client import RelationClient
 from relsft.relations import parse_output, user_messages
 from relsft.serve import ServeSettings, VLLMServer, check_adapter, check_cpu_head_size, free_port, vllm_command
@@ -32,40 +32,9 @@ EXPORT = "export/relsft-model"
 
 @pytest.fixture(scope="session")
 def served_model(pipeline_project, tiny_params, tmp_path_factory) -> Path:
-    """The pipeline's exported model, trained a little more on one-relation examples, in the export layout.
-
-    The tiny pipeline's model never ends an answer and nothing it says parses, which would leave
-    stop handling and parsing untested. 300 steps (~30 s) on one-relation examples, made by the
-    generate and format stages, teach it to answer one well-formed line and stop (not the task:
-    the names are often wrong); the files stay the export's own (tokenizer, chat template,
-    generation_config). The examples it was taught on are kept beside it (`one_relation`).
-    """
-    import torch
-
-    from relsft.format import format_dataset
-    from relsft.generate import generate
-    from relsft.train import build_trainer
-
-    export = pipeline_project / EXPORT
-    work = tmp_path_factory.mktemp("served")
-    dst = work / "relsft-model"
-    shutil.copytree(export, dst)
-    one_relation = dict(tiny_params["generate"], min_relations=1, max_relations=1, distractor_weights=[1, 0, 0],
-                        sizes={"train": 400, "val": 16, "test": 48, "test_ood": 8})
-    generate(pipeline_project / "data", work / "datasets", one_relation)
-    format_dataset(export, work / "datasets", work / "formatted", tiny_params["format"])
-    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], max_steps=300,
-               learning_rate=0.01, num_threads=1, logging_steps=100)
-    threads = torch.get_num_threads()
-    try:
-        trainer = build_trainer(export, work / "formatted", cfg, work / "run", eval_strategy="no",
-                                save_strategy="no", disable_tqdm=True)
-        trainer.train()
-    finally:
-        torch.set_num_threads(threads)
-    trainer.model.merge_and_unload().save_pretrained(dst)
-    shutil.copy(export / "generation_config.json", dst / "generation_config.json")
-    return dst
+    """The pipeline's exported model, trained a little more on one-relation examples (conftest.teach_one_relation)."""
+    return teach_one_relation(pipeline_project / EXPORT, pipeline_project / "data", tiny_params,
+                              tmp_path_factory.mktemp("served"))
 
 
 @pytest.fixture(scope="session")

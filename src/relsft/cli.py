@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-# Nothing in the default pipeline may reach a hub; fail fast instead of waiting on timeouts.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The hub is reached only by `relsft base` for a hub id (base.model); datasets are always local files.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -228,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in EXTRA_ARGUMENTS:
             EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
     try:
+        params = load_params(args.params, verbose=True)
         STAGES[args.command][0](args, params)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Expected failures (bad data, failed checks) get their message, not a traceback.

