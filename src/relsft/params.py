@@ -8,6 +8,7 @@ train.learning_rate=1e-3` overrides any recipe. Switching models is `dvc exp run
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ def overlay(base: dict[str, Any], top: dict[str, Any], where: str = "") -> tuple
 
 
 def recipe_path(params_path: Path, name: str) -> Path:
-    return params_path.parent / RECIPES_DIR / f"{name}.yaml"
+    """recipes/ beside the params file, else in the project root (the working directory, as for dvc.yaml)."""
+    beside = params_path.parent / RECIPES_DIR / f"{name}.yaml"
+    return beside if beside.exists() else Path(RECIPES_DIR) / f"{name}.yaml"
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS, verbose: bool = False) -> dict[str, Any]:
@@ -55,5 +58,6 @@ def load_params(path: str | Path = DEFAULT_PARAMS, verbose: bool = False) -> dic
         raise FileNotFoundError(f"recipe {name!r}: {recipe} not found (recipes: {', '.join(known) or 'none'})")
     resolved, overridden = overlay(_read(recipe), params)
     if verbose and overridden:
-        print(f"params.yaml overrides recipe {name}: {', '.join(overridden)}")
+        # stderr: stdout is the answer for `relsft extract`
+        print(f"params.yaml overrides recipe {name}: {', '.join(overridden)}", file=sys.stderr)
     return resolved
