@@ -31,6 +31,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from conftest import ROOT, run
 
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, str(ROOT))  # flows/ lives at the repository root, beside prefect.yaml
 
 from flows.pipeline import STAGES, pipeline  # noqa: E402
@@ -147,17 +149,6 @@ def test_a_hanging_stage_times_out_and_is_stopped(toy_project, prefect_harness):
 
 
 # --- the promotion gate and the registry ------------------------------------------------------------
-
-def test_gate_decisions():
-    floors = {"test": 0.5, "test_ood": 0.3}
-    assert promote.gate({"test": 0.6, "test_ood": 0.4}, None, floors, 0.02).promote
-    low = promote.gate({"test": 0.6, "test_ood": 0.2}, None, floors, 0.02)
-    assert not low.promote and "test_ood strict_f1 0.2000 is below the floor 0.3000" in low.reasons
-    prod = {"test": 0.8, "test_ood": 0.5}
-    assert promote.gate({"test": 0.79, "test_ood": 0.48}, prod, floors, 0.02).promote  # within tolerance
-    worse = promote.gate({"test": 0.9, "test_ood": 0.47}, prod, floors, 0.02)
-    assert not worse.promote and any("test_ood" in r and "worse than production" in r for r in worse.reasons)
-
 
 def promote_cli(project: Path, params_file: Path, *args: str, check: bool = True):
     return run(["relsft", "--params", str(params_file), "promote", *args], project, check=check)

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import TINY, run
 
+pytestmark = pytest.mark.slow  # builds, trains or serves real models
+
 
 @pytest.fixture
 def project(pipeline_project) -> Path:
