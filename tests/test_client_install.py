@@ -33,3 +33,12 @@ def test_the_client_and_the_parser_import_without_the_training_stack():
 def test_the_blocker_does_block():
     proc = python("import relsft.train, relsft.generation\nrelsft.generation.load_for_inference('x')")
     assert proc.returncode != 0 and "blocked heavy import: torch" in proc.stderr
+
+
+def test_relsft_extract_runs_outside_a_project_without_the_training_stack(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", BLOCKER + "import sys\nfrom relsft.cli import main\n"
+                           "sys.exit(main(['extract', '韩立与紫灵是师徒关系。', '--url', 'http://127.0.0.1:9/v1', "
+                           "'--api-key', 'k']))"], cwd=tmp_path, capture_output=True, text=True)
+    # No server there: a one-line error, not a traceback, and no heavy import on the way.
+    assert proc.returncode == 1 and "relsft extract: error: http://127.0.0.1:9/v1" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

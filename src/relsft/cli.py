@@ -84,8 +84,12 @@ def cmd_serve(args, params):
     from .serve import ServeSettings, serve
 
     lora = dict(m.split("=", 1) for m in args.lora_modules) if args.lora_modules else None
+    # serve.model empty: the model the export stage writes (dvc.yaml).
+    model = args.model or params.get("serve", {}).get("model") or stage_paths_or_empty("export").get("out")
+    if not model:
+        raise ValueError("pass --model DIR (serve.model is empty and there is no dvc.yaml export stage here)")
     serve(ServeSettings.from_params(
-        params, model=args.model, host=args.host, port=args.port, served_model_name=args.served_model_name,
+        params, model=model, host=args.host, port=args.port, served_model_name=args.served_model_name,
         dtype=args.dtype, max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
         enforce_eager=args.enforce_eager, enable_lora=args.enable_lora, lora_modules=lora,
         max_lora_rank=args.max_lora_rank))
@@ -94,12 +98,12 @@ def cmd_serve(args, params):
 def cmd_extract(args, params):
     from openai import APIError
 
-    from .client import RelationClient
+    from .client import DEFAULT_MAX_TOKENS, RelationClient
 
     text = sys.stdin.read() if args.text == "-" else args.text
     url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
     client = RelationClient(url, api_key=args.api_key, model=args.model_name,
-                            max_tokens=params["evaluate"]["max_new_tokens"])
+                            max_tokens=params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
     try:
         if args.no_stream:
             result = client.extract(text)
@@ -126,7 +130,7 @@ def add_evaluate_args(p):
 
 
 def add_serve_args(p):
-    p.add_argument("--model", help="model directory (default: serve.model, export/relsft-model)")
+    p.add_argument("--model", help="model directory (default: serve.model, else the export stage's --out)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--served-model-name")
@@ -257,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         if name in EXTRA_ARGUMENTS:
             EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
     try:
+        # A client needs no project: `relsft extract` runs anywhere, with params.yaml's settings if present.
+        params = {} if args.command == "extract" and not Path(args.params).exists() else load_params(args.params)
         if missing := missing_paths(args.command, args):
             raise ValueError(f"pass {', '.join(missing)}: there is no dvc.yaml stage here to take them from")
         STAGES[args.command][0](args, params)
