@@ -200,9 +200,9 @@ def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, 
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "run_key": run_dir.name,
     }
-    live = callback.live
-    live.summary.update(summary)
-    live.make_summary()
-    with atomic_dir(live_dir) as tmp:
-        shutil.copytree(live.dir, tmp, dirs_exist_ok=True)
+    if callback.live is not None:  # the main process only, under accelerate launch
+        callback.live.summary.update(summary)
+        callback.live.make_summary()
+        with atomic_dir(live_dir) as tmp:
+            shutil.copytree(callback.live.dir, tmp, dirs_exist_ok=True)
     return summary
