@@ -157,6 +157,7 @@ def test_plots_render_loss_curve_and_per_relation_f1(project, tmp_path):
     html = (tmp_path / "plots" / "index.html").read_text(encoding="utf-8")
     assert "train/loss.tsv" in html and "eval/loss.tsv" in html  # DVCLive's curves
     assert "per_relation_f1_test.json" in html and "per_relation_f1_test_ood.json" in html and "relation" in html
+    assert "Training and validation loss" in html and "Per-relation F1 of the fine-tuned model" in html
 
 
 def test_bad_rows_stop_at_validate_and_keep_the_exported_model(project):
