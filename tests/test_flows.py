@@ -3,8 +3,8 @@ and `prefect deploy` against a real local Prefect server.
 
 Real Prefect (its test harness: a temporary server and database), real DVC projects, real trained
 models. The tiny config's models are far below the real floors (strict F1 ~0): the retraining
-test is rejected by params.yaml's own floors; "worse than production" is checked on the pure gate
-function, since no tiny model is reliably better than another.
+test is rejected by params.yaml's own floors; "better/worse than production on the same data" is
+checked on the project's splits labelled with one model's own answers, where it scores 1.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import ROOT, run
+from conftest import ROOT, TINY, run
+
+pytestmark = pytest.mark.slow
 
 sys.path.insert(0, str(ROOT))  # flows/ lives at the repository root, beside prefect.yaml
 
 from flows.pipeline import STAGES, pipeline  # noqa: E402
-from flows.retrain import retrain  # noqa: E402
+from flows.retrain import fetch, retrain  # noqa: E402
 from relsft import promote  # noqa: E402
 from relsft.dvcrun import StageFailed  # noqa: E402
 
@@ -148,27 +150,26 @@ def test_a_hanging_stage_times_out_and_is_stopped(toy_project, prefect_harness):
 
 # --- the promotion gate and the registry ------------------------------------------------------------
 
-def test_gate_decisions():
-    floors = {"test": 0.5, "test_ood": 0.3}
-    assert promote.gate({"test": 0.6, "test_ood": 0.4}, None, floors, 0.02).promote
-    low = promote.gate({"test": 0.6, "test_ood": 0.2}, None, floors, 0.02)
-    assert not low.promote and "test_ood strict_f1 0.2000 is below the floor 0.3000" in low.reasons
-    prod = {"test": 0.8, "test_ood": 0.5}
-    assert promote.gate({"test": 0.79, "test_ood": 0.48}, prod, floors, 0.02).promote  # within tolerance
-    worse = promote.gate({"test": 0.9, "test_ood": 0.47}, prod, floors, 0.02)
-    assert not worse.promote and any("test_ood" in r and "worse than production" in r for r in worse.reasons)
-
-
 def promote_cli(project: Path, params_file: Path, *args: str, check: bool = True):
     return run(["relsft", "--params", str(params_file), "promote", *args], project, check=check)
+
+
+def git_state(project: Path) -> tuple[str, str, bytes]:
+    """What a user sees of the workspace: HEAD, `git status`, params.yaml's bytes."""
+    def git(*args):
+        return run(["git", *args], project).stdout
+    return git("rev-parse", "HEAD"), git("status", "--porcelain"), (project / "params.yaml").read_bytes()
+
+
+def experiment_params(project: Path, rev: str) -> dict:
+    return yaml.safe_load(run(["git", "show", f"{rev}:params.yaml"], project).stdout)
 
 
 @pytest.fixture(scope="module")
 def retrained(pipeline_project, prefect_harness, tmp_path_factory):
     """Production = the project's model (lenient gate); then a scheduled-style retrain with 1 training
-    step, gated by params.yaml's own floors.
-
-    The project is put back as it was afterwards; the 1-step export is kept for the CLI tests.
+    step, gated by params.yaml's own floors. It runs as a temporary experiment: the project is not
+    put back afterwards, it must be as it was. The 1-step export is kept for the CLI tests.
     """
     tmp = tmp_path_factory.mktemp("retrain")
     registry = tmp / "registry"
@@ -178,21 +179,14 @@ def retrained(pipeline_project, prefect_harness, tmp_path_factory):
     params["promote"].update(LENIENT, registry=str(registry))
     params_file.write_text(yaml.safe_dump(params, allow_unicode=True))
     promote_cli(pipeline_project, params_file, "--experiment", "baseline")
-    before = production_state(registry)
-    overrides = [f"promote.registry={registry}", "train.max_steps=1"]
-    # Data Docs are neither in git nor in the DVC cache (`cache: false`, ignored): keep a copy.
-    docs = pipeline_project / "reports/data_docs"
-    shutil.copytree(docs, tmp / "data_docs")
-    try:
-        result = retrain(project_dir=str(pipeline_project), seed=7, set_params=overrides)
-        shutil.copytree(pipeline_project / "export/relsft-model", tmp / "worse")
-    finally:
-        run(["git", "checkout", "--", "."], pipeline_project)
-        run(["dvc", "checkout", "-q", "--force"], pipeline_project)
-        shutil.rmtree(docs)
-        shutil.copytree(tmp / "data_docs", docs)
+    before, workspace = production_state(registry), git_state(pipeline_project)
+    result = retrain(project_dir=str(pipeline_project), seed=7,
+                     set_params=[f"promote.registry={registry}", "train.max_steps=1"])
+    after = git_state(pipeline_project)
+    fetch(pipeline_project, result["experiment_rev"], "export/relsft-model", tmp / "worse")
     return {"registry": registry, "before": before, "result": result, "worse": tmp / "worse",
-            "params_file": params_file, "strict_file": strict_file, "report": artifact("relsft-retrain")}
+            "params_file": params_file, "strict_file": strict_file, "report": artifact("relsft-retrain"),
+            "workspace": (workspace, after)}
 
 
 def test_retrain_rejects_a_worse_candidate_and_keeps_production(retrained, pipeline_project):
@@ -206,8 +200,96 @@ def test_retrain_rejects_a_worse_candidate_and_keeps_production(retrained, pipel
     last = promote.history(registry)[-1]
     assert last["event"] == "reject" and last["experiment"] == result["experiment"]
     assert last["generate_seed"] == 7 and last["datasets_md5"] and last["data_sha256"]
+    # Both were scored on the candidate's splits (seed 7), not on the project's.
+    for split in ("test", "test_ood"):
+        project_split = hashlib.md5((pipeline_project / f"datasets/{split}.jsonl").read_bytes()).hexdigest()
+        assert len(last["scored_on"][split]) == 32 and last["scored_on"][split] != project_split
     assert "**rejected**" in retrained["report"] and "below the floor" in retrained["report"]
-    assert "up to date" in run(["dvc", "status"], pipeline_project).stdout  # the project was put back
+    assert "Both models scored on the candidate's splits" in retrained["report"]
+
+
+def test_a_retrain_leaves_the_workspace_as_it_was(retrained, pipeline_project):
+    before, after = retrained["workspace"]
+    assert after == before and before[1] == ""  # same HEAD, `git status` clean, params.yaml byte-identical
+    assert "up to date" in run(["dvc", "status"], pipeline_project).stdout
+    rev = retrained["result"]["experiment_rev"]
+    assert experiment_params(pipeline_project, rev)["train"]["max_steps"] == 1
+    assert retrained["result"]["experiment"] in run(["dvc", "exp", "list", "--name-only"], pipeline_project).stdout
+
+
+def test_a_second_retrain_does_not_inherit_the_first_ones_overrides(retrained, pipeline_project, tmp_path):
+    workspace = git_state(pipeline_project)
+    result = retrain(project_dir=str(pipeline_project), seed=8,
+                     set_params=[f"promote.registry={tmp_path / 'registry'}", "train.logging_steps=4"])
+    params = experiment_params(pipeline_project, result["experiment_rev"])
+    project_params = yaml.safe_load((pipeline_project / "params.yaml").read_text())
+    assert params["train"]["logging_steps"] == 4
+    assert params["train"]["max_steps"] == project_params["train"]["max_steps"] == TINY["train"]["max_steps"]
+    assert params["promote"]["registry"] == str(tmp_path / "registry")  # not the first run's
+    assert params["generate"]["seed"] == 8
+    assert git_state(pipeline_project) == workspace
+
+
+def answers_as_gold(project: Path, dst: Path) -> Path:
+    """The project's splits with its fine-tuned model's own answers as their labels: data on which that
+    model scores 1 and any other model less (a real split, real answers; only the labels are chosen)."""
+    from relsft.io import read_jsonl, write_jsonl
+
+    dst.mkdir()
+    for split in ("test", "test_ood"):
+        answers = {r["id"]: r["answer"] for r in read_jsonl(project / f"reports/eval/predictions/finetuned_{split}.jsonl")}
+        write_jsonl(dst / f"{split}.jsonl", [dict(e, output=answers[e["id"]]) for e in
+                                             read_jsonl(project / f"datasets/{split}.jsonl")])
+    return dst
+
+
+def with_recorded(export: Path, dst: Path, value: float) -> Path:
+    """A copy of an exported model whose relsft.json claims `value` on every metric and split."""
+    shutil.copytree(export, dst)
+    card = json.loads((dst / "relsft.json").read_text())
+    for by_split in card["metrics"].values():
+        for m in by_split.values():
+            m.update({k: value for k in m})
+    (dst / "relsft.json").write_text(json.dumps(card))
+    return dst
+
+
+# ROUGE-L of the answer text: the tiny models write no well-formed triple, so F1 is 0 for both; the
+# gate's code is the same whichever metric it compares.
+SAME_DATA = dict(LENIENT, metric="rougeL", splits=["test", "test_ood"], keep=5)
+
+
+@pytest.fixture
+def same_data(pipeline_project, tmp_path) -> promote.ScoringData:
+    params = yaml.safe_load((pipeline_project / "params.yaml").read_text())
+    return promote.ScoringData(answers_as_gold(pipeline_project, tmp_path / "datasets"), pipeline_project / "data",
+                               params["evaluate"])
+
+
+def test_the_gate_promotes_a_candidate_better_on_the_same_data_whatever_production_recorded(
+        retrained, pipeline_project, same_data, tmp_path):
+    on, registry = same_data, tmp_path / "registry"
+    assert promote.promote_candidate(with_recorded(retrained["worse"], tmp_path / "proud", 0.99), registry,
+                                     SAME_DATA, on).promote  # production: the 1-step model, claiming 0.99
+    decision = promote.promote_candidate(pipeline_project / "export/relsft-model", registry, SAME_DATA, on)
+    assert decision.promote, decision.reasons
+    assert decision.candidate == {"test": 1.0, "test_ood": 1.0}
+    assert all(decision.production[s] < 0.9 for s in ("test", "test_ood")), decision.production
+    last = promote.history(registry)[-1]
+    assert last["scored_on"] == on.md5(["test", "test_ood"]) and last["candidate_recorded"]["test"] < 0.99
+
+
+def test_the_gate_rejects_a_candidate_worse_on_the_same_data_whatever_it_recorded(
+        retrained, pipeline_project, same_data, tmp_path):
+    on, registry = same_data, tmp_path / "registry"
+    modest = with_recorded(pipeline_project / "export/relsft-model", tmp_path / "modest", 0.0)
+    assert promote.promote_candidate(modest, registry, SAME_DATA, on).promote
+    before = production_state(registry)
+    boastful = with_recorded(retrained["worse"], tmp_path / "boastful", 1.0)
+    decision = promote.promote_candidate(boastful, registry, SAME_DATA, on)
+    assert not decision.promote and any("worse than production" in r for r in decision.reasons), decision.reasons
+    assert decision.production == {"test": 1.0, "test_ood": 1.0}
+    assert production_state(registry) == before
 
 
 def test_promote_reject_and_roll_back_with_the_cli(retrained, pipeline_project, tmp_path):
@@ -230,10 +312,12 @@ def test_promote_reject_and_roll_back_with_the_cli(retrained, pipeline_project, 
     assert [e["event"] for e in promote.history(registry)] == ["promote", "promote", "reject", "rollback"]
 
 
-def test_old_versions_are_pruned_and_rollback_says_when_it_cannot(retrained, tmp_path):
+def test_old_versions_are_pruned_and_rollback_says_when_it_cannot(retrained, pipeline_project, tmp_path):
     registry, settings = tmp_path / "registry", dict(LENIENT, splits=["test", "test_ood"], keep=2)
+    params = yaml.safe_load((pipeline_project / "params.yaml").read_text())
+    on = promote.ScoringData(pipeline_project / "datasets", pipeline_project / "data", params["evaluate"])
     for _ in range(3):
-        assert promote.promote_candidate(retrained["worse"], registry, settings).promote
+        assert promote.promote_candidate(retrained["worse"], registry, settings, on).promote
     assert sorted(p.name for p in (registry / promote.VERSIONS).iterdir()) == ["v0002", "v0003"]
     assert promote.rollback(registry) == "v0002"
     with pytest.raises(RuntimeError, match="v0001 was pruned"):

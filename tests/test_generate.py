@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -46,16 +47,39 @@ def test_labels_are_consistent_with_text(generated, raw_data_dir):
                 assert r.a in ex["text"] and r.b in ex["text"] and r.a != r.b, ex
 
 
-def test_ood_names_and_templates_never_occur_in_train(generated, raw_data_dir):
-    train_text = "".join(ex["text"] + ex["output"] for ex in read(generated / "train.jsonl"))
+def template_pattern(template: str, raw) -> re.Pattern:
+    """A held-out template as a sentence made from it would read: its fixed words in order, a relation
+    in {r}, a name (a surname and one or two given-name characters) in {x} and {y}."""
+    name = "(?:" + "|".join(map(re.escape, sorted(raw.surnames, key=len, reverse=True))) + ")" + \
+        "[" + re.escape("".join(raw.given_chars)) + "]{1,2}"
+    slots = {"{r}": "(?:" + "|".join(map(re.escape, raw.relations)) + ")", "{x}": name, "{y}": name}
+    return re.compile("".join(slots.get(p, re.escape(p)) for p in re.split(r"(\{[xyr]\})", template)))
+
+
+def test_template_pattern_finds_a_held_out_sentence_behind_an_opener(raw_data_dir):
     raw = load_raw(raw_data_dir)
-    ood_templates = [t.text for t in raw.templates if t.split == "ood"]
+    surname, given = raw.surnames[0], raw.given_chars[0] + raw.given_chars[1]
+    pattern = template_pattern("原来{y}的{r}正是{x}。", raw)
+    # What an opener plus an adverb before 是 could make of the train template {y}的{r}是{x}:
+    assert pattern.search(f"那日之后,原来{surname}{given}的师父正是{surname}{given[0]}。")
+    assert not pattern.search(f"原来{surname}{given}的师父也是{surname}{given[0]}。")  # another adverb
+    assert not pattern.search(f"原来{surname}{given}身边的师父正是{surname}{given[0]}。")  # another template
+
+
+def test_ood_names_and_templates_never_occur_in_train(generated, raw_data_dir):
+    raw = load_raw(raw_data_dir)
+    train = read(generated / "train.jsonl")
+    train_text = "".join(ex["text"] + ex["output"] for ex in train)
     for ex in read(generated / "test_ood.jsonl"):
         for r in parse_output(ex["output"]).relations:
             assert not set(r.a + r.b) & set(train_text), (r, "OOD name characters leak into train")
-    for t in ood_templates:
-        fixed = t.split("{")[0] + "".join(part.split("}")[1] for part in t.split("{")[1:])
-        assert fixed not in train_text or not fixed  # the template's whole text never appears in train
+    ood = read(generated / "test_ood.jsonl")
+    assert any(template_pattern(t.text, raw).search(ex["text"]) for t in raw.templates if t.split == "ood"
+               for ex in ood)  # the pattern does find the held-out sentences where they belong
+    for t in (t for t in raw.templates if t.split == "ood"):
+        pattern = template_pattern(t.text, raw)
+        hits = [ex["text"] for ex in train if pattern.search(ex["text"])]
+        assert not hits, (t.text, hits[:3])  # a held-out sentence, openers and adverbs included, never in train
 
 
 def _render(raw, text, relation, opener_rate=0.0, seed=0, adverb_rate=0.0):

@@ -216,14 +216,15 @@ def test_accelerate_two_processes_train_one_valid_adapter(tmp_path, tiny_params,
     format_dataset(tmp_path / "models/base", tmp_path / "datasets", tmp_path / "formatted", params["format"])
     launcher = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relsft.cli", "train"],
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relsft.cli", "train", "--base",
+                           "models/base", "--formatted", "formatted", "--out", "models/adapter", "--live", "reports/training"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("train: fp32 (CPU), 2 process(es)") == 2  # two ranks, one group
     siblings = sorted(p.name for p in (tmp_path / "models").iterdir())
     assert siblings == ["adapter", "base"]  # one adapter, no half-renamed copy of a second writer
-    summary = json.loads((tmp_path / "reports/training/train_summary.json").read_text())
+    summary = json.loads((tmp_path / "reports/training/metrics.json").read_text())
     assert summary["steps"] == 6
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "models/base"),
                                       tmp_path / "models/adapter")

@@ -26,6 +26,8 @@ from relsft.client import RelationClient
 from relsft.relations import parse_output, user_messages
 from relsft.serve import ServeSettings, VLLMServer, check_adapter, check_cpu_head_size, free_port, vllm_command
 
+pytestmark = pytest.mark.slow  # builds, trains or serves real models
+
 API_KEY = "test-key-relsft"
 EXPORT = "export/relsft-model"
 

@@ -16,6 +16,8 @@ from relsft.base import build_base
 from relsft.format import format_dataset
 from relsft.generate import generate
 
+pytestmark = pytest.mark.slow  # builds, trains or serves real models
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_params, raw_data_dir) -> Path:
@@ -82,6 +84,11 @@ def test_scoring_only_the_answer_positions_leaves_loss_and_gradients_unchanged(w
         assert torch.allclose(compact_grads[name], g, rtol=1e-4, atol=1e-6), name
 
 
+# No dvc.yaml in the work directory: the command takes the paths dvc.yaml would pass.
+TRAIN = ["train", "--base", "models/base", "--formatted", "formatted", "--out", "models/adapter",
+         "--live", "reports/training"]
+
+
 def relsft(args, cwd, **kw):
     return subprocess.Popen([sys.executable, "-m", "relsft.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
@@ -111,7 +118,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     ckpts = workdir / "checkpoints"
     shutil.rmtree(ckpts, ignore_errors=True)
-    proc = relsft(["train"], workdir)
+    proc = relsft(TRAIN, workdir)
     deadline = time.time() + 300
     while not list(ckpts.glob("*/checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
@@ -119,22 +126,22 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (workdir / "models/adapter").exists()  # killed before the end: nothing half-written
-    done = relsft(["train"], workdir)
+    done = relsft(TRAIN, workdir)
     out, _ = done.communicate(timeout=600)
     assert done.returncode == 0, out
     assert "resuming from" in out and "checkpoint-" in out
     import json
 
-    summary = json.loads((workdir / "reports/training/train_summary.json").read_text())
+    summary = json.loads((workdir / "reports/training/metrics.json").read_text())
     assert summary["steps"] == 60
     assert (workdir / "models/adapter/adapter_model.safetensors").exists()
     # ... and it continues as if it had never been killed: same batches, same losses.
-    resumed = (workdir / "reports/training/train_loss.csv").read_text()
+    resumed = (workdir / "reports/training/plots/metrics/train/loss.tsv").read_text()
     shutil.rmtree(ckpts)
-    fresh = relsft(["train"], workdir)
+    fresh = relsft(TRAIN, workdir)
     out, _ = fresh.communicate(timeout=600)
     assert fresh.returncode == 0 and "resuming from" not in out, out
-    assert (workdir / "reports/training/train_loss.csv").read_text() == resumed
+    assert (workdir / "reports/training/plots/metrics/train/loss.tsv").read_text() == resumed
 
 
 def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch, tiny_params):
@@ -145,7 +152,7 @@ def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch,
 
     adapter = workdir / "models/adapter"
     if not adapter.exists():  # when run on its own, without the resume test before it
-        out, _ = relsft(["train"], workdir).communicate(timeout=600)
+        out, _ = relsft(TRAIN, workdir).communicate(timeout=600)
         assert adapter.exists(), out
     # PeftModel forwards merge_and_unload to its tuner (BaseTuner); break it there: hand back the
     # base weights as if nothing had been trained (`unload()` would keep the trained embeddings).

@@ -15,59 +15,49 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .params import load_params  # noqa: E402
 
-PATHS = {
-    "data": "data",
-    "base": "models/base",
-    "datasets": "datasets",
-    "docs": "reports/data_docs",
-    "validation": "reports/validation.json",
-    "formatted": "formatted",
-    "adapter": "models/adapter",
-    "training_plots": "reports/training",
-    "metrics": "metrics/eval.json",
-    "reports": "reports/eval",
-    "merged": "models/merged",
-    "export": "export/relsft-model",
-}
+from .paths import stage_paths_or_empty  # noqa: E402
+
+# The sections of params.yaml a model is made from: the export records them in relsft.json.
+MODEL_SECTIONS = ("recipe", "base", "generate", "validate", "format", "train", "evaluate", "merge", "export")
 
 
 def cmd_init_data(args, params):
     from .rawdata import init_data
 
-    written = init_data(args.data_dir or params["data"]["dir"], force=args.force)
+    written = init_data(args.data, force=args.force)
     print(f"init-data: wrote {len(written)} file(s)")
 
 
 def cmd_base(args, params):
     from .base import build_base
 
-    build_base(params, PATHS["base"])
+    build_base({"base": params["base"], "data": {"dir": args.data}}, args.out)
 
 
 def cmd_generate(args, params):
     from .generate import generate
 
-    counts = generate(params["data"]["dir"], PATHS["datasets"], params["generate"])
+    counts = generate(args.data, args.out, params["generate"])
     print("generate: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def cmd_validate(args, params):
     from .validate import validate
 
-    validate(params["data"]["dir"], PATHS["datasets"], PATHS["docs"], PATHS["validation"], params["validate"])
+    validate(args.data, args.datasets, args.docs, args.report, params["validate"])
 
 
 def cmd_format(args, params):
     from .format import format_dataset
 
-    format_dataset(PATHS["base"], PATHS["datasets"], PATHS["formatted"], params["format"])
+    format_dataset(args.base, args.datasets, args.out, params["format"])
 
 
 def cmd_train(args, params):
     from .train import train
 
     cfg = dict(params["train"], max_length=params["format"]["max_length"])
-    print(train(PATHS["base"], PATHS["formatted"], PATHS["adapter"], PATHS["training_plots"], cfg))
+    print(train(args.base, args.formatted, args.out, args.live, cfg))
 
 
 def cmd_evaluate(args, params):
@@ -76,17 +66,16 @@ def cmd_evaluate(args, params):
     if args.endpoint:  # score a served model instead (relsft serve); the stage's metrics stay untouched
         from .evaluate import evaluate_endpoint
 
-        evaluate_endpoint(args.endpoint, args.api_key, args.model_name, PATHS["datasets"], params["data"]["dir"],
+        evaluate_endpoint(args.endpoint, args.api_key, args.model_name, args.datasets, args.data,
                           args.out, params["evaluate"], concurrency=args.concurrency)
         return
-    run_evaluate(PATHS["base"], PATHS["adapter"], PATHS["datasets"], params["data"]["dir"], PATHS["metrics"],
-                 PATHS["reports"], params["evaluate"])
+    run_evaluate(args.base, args.adapter, args.datasets, args.data, args.metrics, args.reports, params["evaluate"])
 
 
 def cmd_merge(args, params):
     from .merge import merge
 
-    merge(PATHS["base"], PATHS["adapter"], PATHS["datasets"], PATHS["merged"],
+    merge(args.base, args.adapter, args.datasets, args.out,
           dict(params["merge"], max_new_tokens=params["evaluate"]["max_new_tokens"]))
 
 
@@ -94,8 +83,12 @@ def cmd_serve(args, params):
     from .serve import ServeSettings, serve
 
     lora = dict(m.split("=", 1) for m in args.lora_modules) if args.lora_modules else None
+    # serve.model empty: the model the export stage writes (dvc.yaml).
+    model = args.model or params.get("serve", {}).get("model") or stage_paths_or_empty("export").get("out")
+    if not model:
+        raise ValueError("pass --model DIR (serve.model is empty and there is no dvc.yaml export stage here)")
     serve(ServeSettings.from_params(
-        params, model=args.model, host=args.host, port=args.port, served_model_name=args.served_model_name,
+        params, model=model, host=args.host, port=args.port, served_model_name=args.served_model_name,
         dtype=args.dtype, max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
         enforce_eager=args.enforce_eager, enable_lora=args.enable_lora, lora_modules=lora,
         max_lora_rank=args.max_lora_rank))
@@ -104,12 +97,12 @@ def cmd_serve(args, params):
 def cmd_extract(args, params):
     from openai import APIError
 
-    from .client import RelationClient
+    from .client import DEFAULT_MAX_TOKENS, RelationClient
 
     text = sys.stdin.read() if args.text == "-" else args.text
     url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
     client = RelationClient(url, api_key=args.api_key, model=args.model_name,
-                            max_tokens=params["evaluate"]["max_new_tokens"])
+                            max_tokens=params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
     try:
         if args.no_stream:
             result = client.extract(text)
@@ -128,7 +121,7 @@ def cmd_extract(args, params):
 
 def add_evaluate_args(p):
     p.add_argument("--endpoint", metavar="URL", help="score a served model (OpenAI API base URL, e.g. "
-                   "http://127.0.0.1:8000/v1) instead of models/")
+                   "http://127.0.0.1:8000/v1) instead of --base/--adapter")
     p.add_argument("--api-key", default=None, help="endpoint key (default: $RELSFT_API_KEY)")
     p.add_argument("--model-name", default="relsft", help="served model name (default: relsft)")
     p.add_argument("--out", default="metrics/eval_endpoint.json", help="metrics file for --endpoint")
@@ -136,7 +129,7 @@ def add_evaluate_args(p):
 
 
 def add_serve_args(p):
-    p.add_argument("--model", help="model directory (default: serve.model, export/relsft-model)")
+    p.add_argument("--model", help="model directory (default: serve.model, else the export stage's --out)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--served-model-name")
@@ -161,15 +154,19 @@ def add_extract_args(p):
 def cmd_export(args, params):
     from .export import export
 
-    export(PATHS["merged"], PATHS["metrics"], params["data"]["dir"], PATHS["export"], params)
+    export(args.merged, args.metrics, args.data, args.out, {s: params[s] for s in MODEL_SECTIONS if s in params})
 
 
 def cmd_promote(args, params):
-    from .promote import promote_candidate, run_reload_hook
+    from .promote import ScoringData, promote_candidate, run_reload_hook
 
     settings = params["promote"]
     registry = args.registry or settings["registry"]
-    decision = promote_candidate(args.export or PATHS["export"], registry, settings,
+    export_dir = args.export or stage_paths_or_empty("export").get("out")
+    if not export_dir:
+        raise ValueError("pass --export DIR (no dvc.yaml here with an export stage to take it from)")
+    on = ScoringData(Path(args.datasets), Path(args.data), params["evaluate"])
+    decision = promote_candidate(export_dir, registry, settings, on,
                                  {"experiment": args.experiment} if args.experiment else None)
     if not decision.promote:
         raise RuntimeError(f"candidate rejected, production unchanged: {'; '.join(decision.reasons)}")
@@ -191,8 +188,12 @@ def add_rollback_args(p):
 
 def add_promote_args(p):
     add_rollback_args(p)
-    p.add_argument("--export", help=f"candidate model directory (default: {PATHS['export']})")
+    p.add_argument("--export", help="candidate model directory (default: the export stage's --out in dvc.yaml)")
     p.add_argument("--experiment", help="name recorded in the registry history (e.g. the DVC experiment)")
+    evaluated_on = stage_paths_or_empty("evaluate")  # the candidate's splits: both models are scored on them
+    p.add_argument("--datasets", default=evaluated_on.get("datasets"), help="splits to score both models on "
+                   f"(default: {evaluated_on.get('datasets')}, the evaluate stage's)")
+    p.add_argument("--data", default=evaluated_on.get("data"), help="raw data dir (relations.tsv)")
 
 
 STAGES = {
@@ -211,6 +212,37 @@ STAGES = {
     "rollback": (cmd_rollback, "point production back at the previous model"),
 }
 
+# The paths each command takes; dvc.yaml passes them, by hand they default to what dvc.yaml passes.
+PATH_FLAGS = {
+    "init-data": ("data",),
+    "base": ("data", "out"),
+    "generate": ("data", "out"),
+    "validate": ("data", "datasets", "docs", "report"),
+    "format": ("base", "datasets", "out"),
+    "train": ("base", "formatted", "out", "live"),
+    "evaluate": ("base", "adapter", "datasets", "data", "metrics", "reports"),
+    "merge": ("base", "adapter", "datasets", "out"),
+    "export": ("merged", "metrics", "data", "out"),
+}
+# What --endpoint scoring needs of the evaluate stage's paths.
+ENDPOINT_FLAGS = ("datasets", "data")
+
+
+def add_path_args(p, stage: str) -> None:
+    # init-data writes what the pipeline's stages read as --data.
+    defaults = stage_paths_or_empty("generate" if stage == "init-data" else stage)
+    for flag in PATH_FLAGS[stage]:
+        default = defaults.get(flag, "data" if flag == "data" else None)
+        p.add_argument(f"--{flag}", default=default,
+                       help=f"default: {default} (dvc.yaml)" if default else "required outside the project root")
+
+
+def missing_paths(stage: str, args) -> list[str]:
+    wanted = ENDPOINT_FLAGS if stage == "evaluate" and args.endpoint else PATH_FLAGS.get(stage, ())
+    wanted = ("datasets", "data") if stage == "promote" else wanted
+    return [f"--{flag}" for flag in wanted if getattr(args, flag) is None]
+
+
 EXTRA_ARGUMENTS = {"evaluate": add_evaluate_args, "serve": add_serve_args, "extract": add_extract_args}
 EXTRA_ARGUMENTS.update(promote=add_promote_args, rollback=add_rollback_args)
 
@@ -221,14 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text)
+        if name in PATH_FLAGS:
+            add_path_args(p, name)
         if name == "init-data":
-            p.add_argument("--data-dir", default=None)
             p.add_argument("--force", action="store_true", help="overwrite locally changed files")
         if name in EXTRA_ARGUMENTS:
             EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params, verbose=True)
+        # A client needs no project: `relsft extract` runs anywhere, with params.yaml's settings if present.
+        params = {} if args.command == "extract" and not Path(args.params).exists() else load_params(args.params, verbose=True)
+        if missing := missing_paths(args.command, args):
+            raise ValueError(f"pass {', '.join(missing)}: there is no dvc.yaml stage here to take them from")
         STAGES[args.command][0](args, params)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Expected failures (bad data, failed checks) get their message, not a traceback.

@@ -7,7 +7,6 @@ per-relation F1 (`triple_f1`) and character-level ROUGE-L (`rouge_l_zh`).
 
 from __future__ import annotations
 
-import csv
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,6 +79,19 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
     return metrics
 
 
+def log_per_relation_plots(reports_dir: Path, rows: list[dict[str, Any]], splits: list[str]) -> None:
+    """The fine-tuned model's per-relation F1, one DVCLive bar plot per split (`dvc plots show`)."""
+    from dvclive import Live
+
+    live = Live(dir=str(reports_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    for split in splits:
+        live.log_plot(f"per_relation_f1_{split}",
+                      [{k: r[k] for k in ("relation", "f1", "support")} for r in rows
+                       if r["model"] == "finetuned" and r["split"] == split],
+                      x="f1", y="relation", template="bar_horizontal",
+                      title=f"Per-relation F1 of the fine-tuned model ({split})")
+
+
 def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str | Path, data_dir: str | Path,
                  metrics_path: str | Path, reports_dir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
     from .generation import load_for_inference
@@ -103,12 +115,7 @@ def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str
             with atomic_file(reports_dir / "predictions" / f"{name}_{split}.jsonl") as f:
                 f.writelines(jsonl_line(r) for r in rows)
     write_json(metrics_path, metrics)
-    for split in splits:  # one file per split: dvc plots colours the bars by file
-        with atomic_file(reports_dir / f"per_relation_f1_{split}.csv") as f:
-            w = csv.DictWriter(f, fieldnames=["relation", "f1", "support"])
-            w.writeheader()
-            w.writerows({k: r[k] for k in ("relation", "f1", "support")} for r in per_relation_rows
-                        if r["model"] == "finetuned" and r["split"] == split)
+    log_per_relation_plots(reports_dir, per_relation_rows, list(splits))
     for name, by_split in metrics.items():
         for split, m in by_split.items():
             print(f"{name:9s} {split:8s} strict F1 {m['strict_f1']:.4f}  unordered F1 {m['unordered_f1']:.4f}  "

@@ -6,6 +6,12 @@ Layout of the registry directory (`promote.registry` in params.yaml):
     production -> versions/v0002   the pointer a server loads; flipped atomically with os.replace
     history.jsonl                  one line per promotion, rejection and rollback
 
+The gate compares like with like: production and candidate are both scored, greedily and with
+`relsft.evaluate`'s code, on the candidate's own test splits (`promote.splits`; a hand-labelled
+split such as `gold` joins by adding it there), and each history line records the md5 of every
+split both were scored on. The numbers a model was exported with are never compared across data:
+two draws of the same recipe differ by more than the tolerance on test_ood.
+
 The production *stack* is history replayed: a promotion pushes its version, a rollback pops one,
 so `rollback` always returns to the model that was production before the current one. The
 newest `keep` versions of the stack are kept on disk; older ones are deleted.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -51,6 +58,33 @@ def scores(metrics: dict[str, Any], splits: list[str], metric: str = "strict_f1"
     if missing:
         raise ValueError(f"metrics have no fine-tuned {metric} for {missing}")
     return {s: float(metrics["finetuned"][s][metric]) for s in splits}
+
+
+@dataclass(frozen=True)
+class ScoringData:
+    """The splits both models are scored on: the candidate's datasets, its raw data (symmetric relations)
+    and the evaluate settings (max_new_tokens, batch_size, max_examples) it was evaluated with."""
+    datasets: Path
+    data: Path
+    evaluate: dict[str, Any]
+
+    def md5(self, splits: list[str]) -> dict[str, str]:
+        return {s: hashlib.md5((self.datasets / f"{s}.jsonl").read_bytes()).hexdigest() for s in splits}
+
+
+def score_model(model_dir: str | Path, on: ScoringData, splits: list[str], metric: str = "strict_f1") -> dict[str, float]:
+    """`metric` of the exported model in `model_dir` on each split, greedy, as the evaluate stage scores."""
+    from .evaluate import evaluate_model, load_split, symmetric_relations
+    from .generation import load_for_inference
+
+    model, tok = load_for_inference(model_dir)
+    symmetric = symmetric_relations(on.data)
+    out = {}
+    for split in splits:
+        examples = load_split(on.datasets, split, on.evaluate.get("max_examples", 0))
+        scores, _ = evaluate_model(model, tok, examples, symmetric, on.evaluate, desc=f"gate {Path(model_dir).name} {split}")
+        out[split] = round(float(scores[metric]), 4)
+    return out
 
 
 def gate(candidate: dict[str, float], production: dict[str, float] | None, floors: dict[str, float],
@@ -143,22 +177,26 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def promote_candidate(export_dir: str | Path, registry: str | Path, settings: dict[str, Any],
+def promote_candidate(export_dir: str | Path, registry: str | Path, settings: dict[str, Any], on: ScoringData,
                       record: dict[str, Any] | None = None) -> Decision:
-    """Gate the exported model in `export_dir`; promote it into the registry or record why not.
+    """Score the exported model in `export_dir` and production on the same data `on`; promote the
+    candidate into the registry if the gate passes, or record why not.
 
     A rejected candidate changes nothing but a `reject` line in history.jsonl.
     """
     export_dir, registry = Path(export_dir), Path(registry)
     card = model_metrics(export_dir)
     splits, metric = list(settings["splits"]), settings.get("metric", "strict_f1")
-    candidate = scores(card["metrics"], splits, metric)
+    scored_on = on.md5(splits)  # fails early, with the file's name, when a split is missing
+    candidate = score_model(export_dir, on, splits, metric)
     with _locked(registry):
         current = production_dir(registry)
-        production = scores(model_metrics(current)["metrics"], splits, metric) if current else None
+        production = score_model(current, on, splits, metric) if current else None
         decision = gate(candidate, production, settings["floors"], float(settings["tolerance"]), metric)
         decision.record = {"time": _now(), "event": "promote" if decision.promote else "reject", "metric": metric,
-                           "candidate": candidate, "production": production,
+                           "candidate": candidate, "production": production, "scored_on": scored_on,
+                           "candidate_recorded": {s: m.get(metric) for s, m in card["metrics"].get("finetuned", {}).items()
+                                                  if s in splits},
                            "production_version": current.name if current else None,
                            "data_sha256": card.get("data_sha256"),
                            "generate_seed": card.get("params", {}).get("generate", {}).get("seed"),

@@ -8,14 +8,14 @@ same code runs on GPU and on several GPUs with `accelerate launch -m relsft.cli 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_dir, atomic_file, write_json
+from .io import atomic_dir
 
 
 def run_key(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any]) -> str:
@@ -34,15 +34,45 @@ def last_checkpoint(run_dir: Path) -> str | None:
     return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
 
 
-def write_loss_curves(log_history: list[dict[str, Any]], plots_dir: Path) -> None:
-    rows = {"train_loss.csv": ("loss", "loss"), "eval_loss.csv": ("eval_loss", "eval_loss")}
-    for name, (key, column) in rows.items():
-        with atomic_file(plots_dir / name) as f:
-            w = csv.writer(f)
-            w.writerow(["step", column])
-            for entry in log_history:
-                if key in entry:
-                    w.writerow([entry["step"], round(entry[key], 6)])
+# The Trainer's log keys worth a curve, as DVCLive names them (runtimes and throughputs differ every run).
+LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate",
+          "grad_norm": "train/grad_norm"}
+
+
+def dvclive_callback(live_dir: Path):
+    """transformers' DVCLiveCallback, logging at the optimizer step and resume-safe.
+
+    The stock callback counts one DVCLive step per log call (train and eval logs interleave, so the
+    x axis is not the training step) and a resumed run starts its curves empty. Here each log
+    is written at `state.global_step`, and a resumed run first replays the history restored from
+    its checkpoint, so a resumed run's curves equal an uninterrupted run's. Nothing here draws
+    random numbers: training is the same with or without it.
+    """
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    class StepDVCLiveCallback(DVCLiveCallback):
+        def setup(self, args, state, model):
+            self._initialized = True
+            if state.is_world_process_zero:
+                self.live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+                for entry in state.log_history:  # non-empty only when resuming
+                    self._log(entry, entry["step"])
+
+        def _log(self, logs, step):
+            self.live.step = step
+            for key, value in logs.items():
+                if key in LOGGED:
+                    self.live.log_metric(LOGGED[key], value)
+            self.live.make_summary()
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if not self._initialized:
+                self.setup(args, state, model)
+            if state.is_world_process_zero:
+                self._log(logs, state.global_step)
+
+    return StepDVCLiveCallback(log_model=False)
 
 
 def mixed_precision(bf16_on_gpu: bool) -> tuple[dict[str, bool], str]:
@@ -161,11 +191,15 @@ def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_
     )
 
 
-def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, plots_dir: str | Path,
+def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
           cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train; the adapter goes to `out_dir`, DVCLive's metrics and curves to `live_dir` (both only on success)."""
     base_dir, formatted_dir = Path(base_dir), Path(formatted_dir)
     run_dir = Path(cfg["checkpoint_dir"]) / run_key(base_dir, formatted_dir, cfg)
     trainer = build_trainer(base_dir, formatted_dir, cfg, run_dir)
+    # DVCLive writes beside the checkpoints while training runs; the stage's copy is replaced at the end.
+    callback = dvclive_callback(run_dir / "dvclive")
+    trainer.add_callback(callback)
     tok = trainer.processing_class
     resume = last_checkpoint(run_dir) if cfg["resume"] else None
     if resume:
@@ -181,12 +215,15 @@ def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, 
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "run_key": run_dir.name,
     }
-    # Under `accelerate launch` every process gets here; one writes (two renaming into models/adapter race).
+    # Under `accelerate launch` / torchrun every process gets here; one writes (two renaming into
+    # models/adapter race). DVCLive's `live` exists on the main process only.
     if trainer.is_world_process_zero():
-        write_loss_curves(trainer.state.log_history, Path(plots_dir))
         with atomic_dir(out_dir) as tmp:
             trainer.model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        write_json(Path(plots_dir) / "train_summary.json", summary)
+        callback.live.summary.update(summary)
+        callback.live.make_summary()
+        with atomic_dir(live_dir) as tmp:
+            shutil.copytree(callback.live.dir, tmp, dirs_exist_ok=True)
     trainer.accelerator.wait_for_everyone()
     return summary
