@@ -67,6 +67,7 @@ def test_the_checkpoints_disagree_on_eos_and_sample_by_default(tmp_path):
     assert {"do_sample", "repetition_penalty"} <= set(json.loads((instruct / "generation_config.json").read_text()))
 
 
+@pytest.mark.slow
 def test_base_stage_makes_end_of_turn_the_eos_and_decoding_greedy(pretrained_project):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -82,6 +83,7 @@ def test_base_stage_makes_end_of_turn_the_eos_and_decoding_greedy(pretrained_pro
     assert provenance["source"] == "directory" and provenance["end_of_turn"] == "<|im_end|>"
 
 
+@pytest.mark.slow
 def test_formatted_completion_is_the_answer_and_end_of_turn(pretrained_project):
     gold = {json.loads(line)["id"]: json.loads(line)["output"]
             for line in (pretrained_project / "datasets/train.jsonl").read_text(encoding="utf-8").splitlines()}
@@ -90,6 +92,7 @@ def test_formatted_completion_is_the_answer_and_end_of_turn(pretrained_project):
     assert all("<think>" not in r["prompt"] + r["completion"] for r in records)
 
 
+@pytest.mark.slow
 def test_exported_model_stops_at_end_of_turn_and_sets_no_sampling(pretrained_project):
     export = pretrained_project / EXPORT
     generation = json.loads((export / "generation_config.json").read_text())
@@ -107,6 +110,7 @@ def taught(pretrained_project, tiny_params, tmp_path_factory) -> Path:
                               tmp_path_factory.mktemp("taught"), steps=300)
 
 
+@pytest.mark.slow
 def test_served_answers_stop_without_think_and_equal_inprocess(taught, tiny_params, tmp_path):
     from relsft.generation import greedy_generate, load_for_inference
 
@@ -145,6 +149,7 @@ def test_qwen3_own_template_keeps_thinking_off_everywhere(tmp_path, tiny_params)
     assert cmd[cmd.index("--default-chat-template-kwargs") + 1] == '{"enable_thinking": false}'
 
 
+@pytest.mark.slow
 def test_a_gguf_file_loads_as_the_base(tmp_path, tiny_params):
     """A GGUF written as llama.cpp writes one (float32 tensors) converts into the same model and tokenizer."""
     import torch
@@ -177,7 +182,7 @@ def test_hub_id_without_network_fails_in_one_clear_line(tmp_path, tiny_params, o
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE=offline)
-    proc = _relsft(["base"], tmp_path, env)
+    proc = _relsft(["base", "--data", "data", "--out", "models/base"], tmp_path, env)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert errors == [line for line in proc.stderr.splitlines() if line.startswith("relsft base: error:")]
@@ -194,6 +199,7 @@ def test_a_missing_local_model_or_gguf_is_named(tmp_path, tiny_params):
             build_base(pretrained_params(tiny_params, str(missing)), tmp_path / "base")
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_train_one_valid_adapter(tmp_path, tiny_params, raw_data_dir):
     """Two data-parallel processes (gloo on CPU) train one adapter, written once by the main process.
 

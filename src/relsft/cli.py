@@ -154,7 +154,7 @@ def add_extract_args(p):
 def cmd_export(args, params):
     from .export import export
 
-    export(args.merged, args.metrics, args.data, args.out, {s: params[s] for s in MODEL_SECTIONS if s in params})
+    export(args.merged, args.metrics, args.data, args.out, {s: params[s] for s in MODEL_SECTIONS})
 
 
 def cmd_promote(args, params):

@@ -49,7 +49,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, verbose: bool = False) -> dic
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run relsft from the project root or pass --params")
     params = _read(path)
-    name = params.get("recipe")
+    name = params.setdefault("recipe", None)  # None: params.yaml holds every setting itself
     if not name:
         return params
     recipe = recipe_path(path, name)
