@@ -126,6 +126,28 @@ def cmd_extract(args, params):
         print(f"  unparsed: {line!r}", file=sys.stderr)
 
 
+def cmd_extract_book(args, params):
+    from .book.extract import run_cli
+
+    run_cli(args, params)
+
+
+def add_extract_book_args(p):
+    from .book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP
+
+    p.add_argument("file", help="UTF-8 text file (split at 第…回/章 headings), a directory of chapter files, or '-'")
+    p.add_argument("--url", help="OpenAI API base URL (default: http://127.0.0.1:<serve.port>/v1)")
+    p.add_argument("--api-key", default=None, help="default: $RELSFT_API_KEY")
+    p.add_argument("--model-name", default="relsft")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="passage length in characters")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="sentences repeated between passages")
+    p.add_argument("--out", default="book-graph", help="writes graph.json, graph.graphml, relations.csv")
+    p.add_argument("--cache", help="answer cache, resumes a killed run (default: OUT/cache.jsonl)")
+    p.add_argument("--data-dir", help="relations.tsv's directory (default: data.dir, else the packaged one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def add_evaluate_args(p):
     p.add_argument("--endpoint", metavar="URL", help="score a served model (OpenAI API base URL, e.g. "
                    "http://127.0.0.1:8000/v1) instead of models/")
@@ -207,12 +229,15 @@ STAGES = {
     "export": (cmd_export, "write the servable model directory"),
     "serve": (cmd_serve, "serve the exported model with vLLM (OpenAI-compatible API)"),
     "extract": (cmd_extract, "extract relations through a served model, streaming"),
+    "extract-book": (cmd_extract_book, "a whole book through a served model, merged into one character graph"),
     "promote": (cmd_promote, "gate the exported model and, if it passes, make it the production model"),
     "rollback": (cmd_rollback, "point production back at the previous model"),
 }
 
 EXTRA_ARGUMENTS = {"evaluate": add_evaluate_args, "serve": add_serve_args, "extract": add_extract_args}
 EXTRA_ARGUMENTS.update(promote=add_promote_args, rollback=add_rollback_args)
+EXTRA_ARGUMENTS["extract-book"] = add_extract_book_args
+RUNS_ANYWHERE = {"extract-book"}  # needs no params.yaml: a served model and a text are enough
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params, verbose=True)
+        anywhere = args.command in RUNS_ANYWHERE and not Path(args.params).exists()
+        params = {} if anywhere else load_params(args.params, verbose=True)
         STAGES[args.command][0](args, params)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Expected failures (bad data, failed checks) get their message, not a traceback.
