@@ -268,6 +268,17 @@ def test_cache_resumes_and_survives_a_torn_line(tmp_path):
                        AnswerCache.key("relsft", "/models/tiny", 16, book[0]))
 
 
+def test_cli_outside_a_project_without_a_server_says_so(tmp_path, monkeypatch, capsys):
+    from relsft.cli import main
+
+    (tmp_path / "book.txt").write_text("韩立与紫灵是师徒关系。", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the defaults
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    assert main(["extract-book", "book.txt", "--url", url, "--no-progress"]) == 1
+    assert f"relsft extract-book: error: {url}: Connection error" in capsys.readouterr().err
+    assert not (tmp_path / "book-graph" / "graph.json").exists()
+
+
 # --- real runs: the CLI against one vLLM server on the tiny taught model -----------------------
 
 API_KEY = "test-key-book"

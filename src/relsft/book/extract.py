@@ -138,7 +138,10 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
         raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
     client = client or endpoint.client()
     try:
-        served = await served_model_id(client, endpoint.model)
+        try:
+            served = await served_model_id(client, endpoint.model)
+        except openai.APIError as e:  # no server, wrong key, ...: a message, not a traceback
+            raise RuntimeError(f"{endpoint.url}: {e}") from e
         keys = [AnswerCache.key(endpoint.model, served, endpoint.max_tokens, t) for t in texts]
         todo = {k: t for k, t in zip(keys, texts) if k not in cache.answers}
         stats = Stats(len(texts), len(set(keys)), len(set(keys)) - len(todo))
