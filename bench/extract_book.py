@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import sys
 import tempfile
@@ -48,13 +49,14 @@ def arm(endpoint: Endpoint, chapters, book, concurrency: int, symmetric: set[str
                 answer_all([p.text for p in book], endpoint, cache, concurrency, progress=False), max_seconds))
             graph = build_graph(chapters, book, answers, symmetric)
             edges, cut_short = len(graph["edges"]), False
+            digest = hashlib.sha256(json.dumps(graph, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
         except TimeoutError:
-            edges, cut_short = None, True
+            edges, cut_short, digest = None, True, None
         wall = time.perf_counter() - start
         cache.close()
         done = len(cache.answers)
     return {"concurrency": concurrency, "passages": done, "wall_s": round(wall, 3),
-            "passages_per_s": round(done / wall, 2), "edges": edges, "cut_short": cut_short}
+            "passages_per_s": round(done / wall, 2), "edges": edges, "graph_sha256": digest, "cut_short": cut_short}
 
 
 def main() -> None:
@@ -98,6 +100,10 @@ def main() -> None:
         note = "  (cut short by --max-seconds)" if r["cut_short"] else ""
         print(f"{r['concurrency']:11d} {r['passages']:8d} {r['wall_s']:8.2f} {r['passages_per_s']:10.2f} "
               f"{r['ratio']:6.2f}x{note}")
+    digests = {r["graph_sha256"] for r in rows if not r["cut_short"]}
+    # Greedy answers do not depend on what else the server batched: every finished arm, one graph.
+    if digests:
+        print(f"\ngraphs: {'identical' if len(digests) == 1 else 'DIFFERENT'} across the finished arms")
     out.write_text(json.dumps({"model": str(settings.model), "max_chars": args.max_chars, "rows": rows},
                               indent=2) + "\n")
     print(f"\nwrote {out}")
