@@ -103,9 +103,10 @@ def test_read_book_directory_file_headings_and_stdin(tmp_path, monkeypatch):
         (book / f"chapter{n}.txt").write_text(f"第{n}章的正文。", encoding="utf-8")
     (book / ".hidden").write_text("x")
     assert [c.name for c in read_book(book)] == ["chapter1.txt", "chapter2.txt", "chapter10.txt"]
-    text = "楔子。\n第一回　甄士隐梦幻识通灵\n正文一。\n第二回 贾夫人仙逝扬州城\n正文二。\n"
-    assert split_chapters("hlm.txt", text) == [Chapter("hlm.txt", "楔子。\n"), Chapter("第一回　甄士隐梦幻识通灵", "\n正文一。\n"),
-                                               Chapter("第二回 贾夫人仙逝扬州城", "\n正文二。\n")]
+    text = "楔子。\n第一回　甄士隐梦幻识通灵\n正文一。\n第二回合，他又输了。\n第二回 贾夫人仙逝扬州城\n正文二。\n"
+    assert split_chapters("hlm.txt", text) == [
+        Chapter("hlm.txt", "楔子。\n"), Chapter("第一回　甄士隐梦幻识通灵", "\n正文一。\n第二回合，他又输了。\n"),
+        Chapter("第二回 贾夫人仙逝扬州城", "\n正文二。\n")]
     (tmp_path / "one.txt").write_text("只有一章。", encoding="utf-8")
     assert read_book(tmp_path / "one.txt") == [Chapter("one.txt", "只有一章。")]
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("来自标准输入。"))
@@ -364,6 +365,21 @@ def cache_lines(path: Path) -> int:
         except (json.JSONDecodeError, KeyError):
             pass
     return n
+
+
+@pytest.mark.slow
+def test_default_passage_fits_the_model_with_a_full_answer(pipeline_project, params):
+    """DEFAULT_MAX_CHARS rare characters (3 byte tokens each) leave room for evaluate.max_new_tokens."""
+    from transformers import AutoTokenizer
+
+    from relsft.book.split import DEFAULT_MAX_CHARS
+    from relsft.chat import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(pipeline_project / "models" / "base")  # the builtin tokenizer
+    rare = "".join(chr(c) for c in range(0x9F00, 0x9F00 + DEFAULT_MAX_CHARS))  # 鼀..: outside its vocabulary
+    prompt = tok(render_prompt(tok, rare), add_special_tokens=False)["input_ids"]
+    assert len(prompt) > 2 * DEFAULT_MAX_CHARS  # they did fall back to bytes
+    assert len(prompt) + params["evaluate"]["max_new_tokens"] <= params["format"]["max_length"]
 
 
 @pytest.mark.slow

@@ -136,9 +136,7 @@ def add_extract_book_args(p):
     from .book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP
 
     p.add_argument("file", help="UTF-8 text file (split at 第…回/章 headings), a directory of chapter files, or '-'")
-    p.add_argument("--url", help="OpenAI API base URL (default: http://127.0.0.1:<serve.port>/v1)")
-    p.add_argument("--api-key", default=None, help="default: $RELSFT_API_KEY")
-    p.add_argument("--model-name", default="relsft")
+    add_server_args(p)
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="passage length in characters")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="sentences repeated between passages")
@@ -172,11 +170,16 @@ def add_serve_args(p):
     p.add_argument("--max-lora-rank", type=int, help="default: the largest adapter rank")
 
 
-def add_extract_args(p):
-    p.add_argument("text", help="novel text ('-' reads stdin)")
+def add_server_args(p):
+    """The served model to call (extract, extract-book)."""
     p.add_argument("--url", help="OpenAI API base URL (default: http://127.0.0.1:<serve.port>/v1)")
     p.add_argument("--api-key", default=None, help="default: $RELSFT_API_KEY")
     p.add_argument("--model-name", default="relsft")
+
+
+def add_extract_args(p):
+    p.add_argument("text", help="novel text ('-' reads stdin)")
+    add_server_args(p)
     p.add_argument("--no-stream", action="store_true", help="one response instead of streaming")
 
 

@@ -116,7 +116,9 @@ async def served_model_id(client, name: str) -> str:
 
 
 async def ask(client, endpoint: Endpoint, text: str) -> tuple[str, str | None]:
-    for attempt in range(endpoint.retries + 1):
+    """One passage's answer and finish reason, retrying transient failures `endpoint.retries` times."""
+    attempt = 0
+    while True:
         try:
             response = await client.chat.completions.create(**chat_request(endpoint.model, text, endpoint.max_tokens))
             choice = response.choices[0]
@@ -125,7 +127,7 @@ async def ask(client, endpoint: Endpoint, text: str) -> tuple[str, str | None]:
             if not transient(e) or attempt == endpoint.retries:
                 raise
         await asyncio.sleep(min(endpoint.backoff * 2**attempt, 10))
-    raise AssertionError("unreachable")
+        attempt += 1
 
 
 async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, concurrency: int = 8,

@@ -23,8 +23,9 @@ OPENERS = "“「『‘（(《【"
 CLOSERS = "”」』’）)》】"
 COMMAS = "，、；：,;:"
 SPACE = " \t\r\n\u3000"
-# `第十二回 …` / `第3章`: a single file with such lines is split into chapters there.
-HEADING_RE = re.compile(r"^[ \t\u3000]*第[0-9０-９零〇一二三四五六七八九十百千两]+[章回节卷][^\n]*$", re.M)
+# `第十二回 …` / `第3章`: a single file with such lines is split into chapters there. A heading is a
+# short line with no sentence punctuation, so `第二回合，他又输了。` stays text.
+HEADING_RE = re.compile(r"^[ \t\u3000]*第[0-9０-９零〇一二三四五六七八九十百千两]+[章回节卷][^\n。！？!?，,]{0,40}$", re.M)
 
 # Budget, in characters, of one passage. The builtin tokenizer gives a common Han character one token
 # and any other character up to 3 byte tokens, so 100 characters are at most ~300 prompt tokens plus
