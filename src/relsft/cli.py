@@ -119,6 +119,26 @@ def cmd_extract(args, params):
         print(f"  unparsed: {line!r}", file=sys.stderr)
 
 
+def cmd_extract_book(args, params):
+    from .book.extract import run_cli
+
+    run_cli(args, params)
+
+
+def add_extract_book_args(p):
+    from .book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP
+
+    p.add_argument("file", help="UTF-8 text file (split at 第…回/章 headings), a directory of chapter files, or '-'")
+    add_server_args(p)
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="passage length in characters")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="sentences repeated between passages")
+    p.add_argument("--out", default="book-graph", help="writes graph.json, graph.graphml, relations.csv")
+    p.add_argument("--cache", help="answer cache, resumes a killed run (default: OUT/cache.jsonl)")
+    p.add_argument("--data-dir", help="relations.tsv's directory (default: data.dir, else the packaged one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def add_evaluate_args(p):
     p.add_argument("--endpoint", metavar="URL", help="score a served model (OpenAI API base URL, e.g. "
                    "http://127.0.0.1:8000/v1) instead of --base/--adapter")
@@ -143,11 +163,16 @@ def add_serve_args(p):
     p.add_argument("--max-lora-rank", type=int, help="default: the largest adapter rank")
 
 
-def add_extract_args(p):
-    p.add_argument("text", help="novel text ('-' reads stdin)")
+def add_server_args(p):
+    """The served model to call (extract, extract-book)."""
     p.add_argument("--url", help="OpenAI API base URL (default: http://127.0.0.1:<serve.port>/v1)")
     p.add_argument("--api-key", default=None, help="default: $RELSFT_API_KEY")
     p.add_argument("--model-name", default="relsft")
+
+
+def add_extract_args(p):
+    p.add_argument("text", help="novel text ('-' reads stdin)")
+    add_server_args(p)
     p.add_argument("--no-stream", action="store_true", help="one response instead of streaming")
 
 
@@ -208,6 +233,7 @@ STAGES = {
     "export": (cmd_export, "write the servable model directory"),
     "serve": (cmd_serve, "serve the exported model with vLLM (OpenAI-compatible API)"),
     "extract": (cmd_extract, "extract relations through a served model, streaming"),
+    "extract-book": (cmd_extract_book, "a whole book through a served model, merged into one character graph"),
     "promote": (cmd_promote, "gate the exported model and, if it passes, make it the production model"),
     "rollback": (cmd_rollback, "point production back at the previous model"),
 }
@@ -245,6 +271,8 @@ def missing_paths(stage: str, args) -> list[str]:
 
 EXTRA_ARGUMENTS = {"evaluate": add_evaluate_args, "serve": add_serve_args, "extract": add_extract_args}
 EXTRA_ARGUMENTS.update(promote=add_promote_args, rollback=add_rollback_args)
+EXTRA_ARGUMENTS["extract-book"] = add_extract_book_args
+RUNS_ANYWHERE = {"extract", "extract-book"}  # need no params.yaml: a served model and a text are enough
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
     try:
-        # A client needs no project: `relsft extract` runs anywhere, with params.yaml's settings if present.
-        params = {} if args.command == "extract" and not Path(args.params).exists() else load_params(args.params, verbose=True)
+        # A client needs no project: `relsft extract`/`extract-book` run anywhere, with params.yaml's settings if present.
+        anywhere = args.command in RUNS_ANYWHERE and not Path(args.params).exists()
+        params = {} if anywhere else load_params(args.params, verbose=True)
         if missing := missing_paths(args.command, args):
             raise ValueError(f"pass {', '.join(missing)}: there is no dvc.yaml stage here to take them from")
         STAGES[args.command][0](args, params)

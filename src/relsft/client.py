@@ -20,6 +20,12 @@ from .relations import Relation, parse_output, user_messages
 DEFAULT_MAX_TOKENS = 160  # params.yaml: evaluate.max_new_tokens
 
 
+def chat_request(model: str, text: str, max_tokens: int, stream: bool = False) -> dict:
+    """The chat-completions arguments every caller sends (sync client, `extract-book`'s async one)."""
+    return {"model": model, "messages": user_messages(text), "temperature": 0, "max_tokens": max_tokens,
+            "stream": stream}
+
+
 @dataclass(frozen=True)
 class Extraction:
     answer: str
@@ -44,8 +50,7 @@ class RelationClient:
                              timeout=timeout, max_retries=0)
 
     def _request(self, text: str, stream: bool):
-        return self.openai.chat.completions.create(model=self.model, messages=user_messages(text), temperature=0,
-                                                   max_tokens=self.max_tokens, stream=stream)
+        return self.openai.chat.completions.create(**chat_request(self.model, text, self.max_tokens, stream))
 
     def extract(self, text: str) -> Extraction:
         """One non-streaming request: the whole answer, parsed."""

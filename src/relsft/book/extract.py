@@ -1,0 +1,222 @@
+"""Passages to answers through a served model (`relsft serve`), concurrently and resumably.
+
+Requests are the ones `relsft.client` sends (`client.chat_request`: the evaluated prompt, greedy,
+max_tokens = evaluate.max_new_tokens), through `openai.AsyncOpenAI`, at most `concurrency` in flight
+(the server batches them). Transient failures (connection, timeout, 429, 5xx) are retried with
+exponential backoff; any other 4xx stops the run, since retrying cannot fix it.
+
+Every answer is appended to a JSONL cache and flushed as it arrives, keyed by sha256 of the
+requested model name, the id of what the server serves under it (`/v1/models` root: its model
+path), max_tokens and the passage text. A rerun asks only for what the cache lacks, so a killed run
+loses at most the passages that were in flight, and the same text on the same model gives the same
+answers (greedy) and so the same graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..client import DEFAULT_MAX_TOKENS, chat_request
+from .graph import build_graph, write_outputs
+from .split import Chapter, passages, read_book
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    api_key: str
+    model: str = "relsft"
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    timeout: float = 120
+    retries: int = 5
+    backoff: float = 0.5  # seconds before the first retry, doubled each time (at most 10 s)
+
+    def client(self):
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(base_url=self.url, api_key=self.api_key, timeout=self.timeout, max_retries=0)
+
+
+class AnswerCache:
+    """Answers by key, read from and appended to a JSONL file (a torn last line is skipped)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.answers: dict[str, str] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.answers[rec["key"]] = rec["answer"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        self.loaded = len(self.answers)
+        self._file = None
+
+    @staticmethod
+    def key(model: str, served_id: str, max_tokens: int, text: str) -> str:
+        return hashlib.sha256(json.dumps([model, served_id, max_tokens, text], ensure_ascii=False).encode()).hexdigest()
+
+    def put(self, key: str, answer: str, finish_reason: str | None) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+            self._file = self.path.open("a", encoding="utf-8")
+            if torn:  # a run killed mid-write: start on a line of our own
+                self._file.write("\n")
+        record = {"key": key, "answer": answer, "finish_reason": finish_reason}
+        self._file.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        self._file.flush()
+        self.answers[key] = answer
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass
+class Stats:
+    passages: int
+    distinct: int
+    cached: int
+    requested: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.requested / self.seconds if self.seconds else 0.0
+        return (f"{self.passages} passages ({self.distinct} distinct): {self.cached} from the cache, "
+                f"{self.requested} requested in {self.seconds:.1f} s ({rate:.2f} passages/s)")
+
+
+def transient(error: Exception) -> bool:
+    import openai
+
+    if isinstance(error, (openai.APIConnectionError, openai.RateLimitError)):  # timeouts are connection errors
+        return True
+    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+
+
+async def served_model_id(client, name: str) -> str:
+    """What the server serves as `name`: vLLM reports the model's path as `root`."""
+    served = (await client.models.list()).data
+    for m in served:
+        if m.id == name:
+            return getattr(m, "root", None) or m.id
+    raise ValueError(f"the server serves no model {name!r} (it serves: {', '.join(m.id for m in served)})")
+
+
+async def ask(client, endpoint: Endpoint, text: str) -> tuple[str, str | None]:
+    """One passage's answer and finish reason, retrying transient failures `endpoint.retries` times."""
+    attempt = 0
+    while True:
+        try:
+            response = await client.chat.completions.create(**chat_request(endpoint.model, text, endpoint.max_tokens))
+            choice = response.choices[0]
+            return choice.message.content or "", choice.finish_reason
+        except Exception as e:
+            if not transient(e) or attempt == endpoint.retries:
+                raise
+        await asyncio.sleep(min(endpoint.backoff * 2**attempt, 10))
+        attempt += 1
+
+
+async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, concurrency: int = 8,
+                     progress: bool = True, client=None) -> tuple[list[str], Stats, str]:
+    """The answer to every text (cached or asked for), the counts, and the served model's id."""
+    import openai
+    from tqdm import tqdm
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
+    client = client or endpoint.client()
+    try:
+        try:
+            served = await served_model_id(client, endpoint.model)
+        except openai.APIError as e:  # no server, wrong key, ...: a message, not a traceback
+            raise RuntimeError(f"{endpoint.url}: {e}") from e
+        keys = [AnswerCache.key(endpoint.model, served, endpoint.max_tokens, t) for t in texts]
+        todo = {k: t for k, t in zip(keys, texts) if k not in cache.answers}
+        stats = Stats(len(texts), len(set(keys)), len(set(keys)) - len(todo))
+        bar = tqdm(total=stats.distinct, initial=stats.cached, unit=" passages", desc="extract-book",
+                   disable=not progress, file=sys.stderr)
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(key: str, text: str) -> None:
+            async with semaphore:
+                try:
+                    answer, finish_reason = await ask(client, endpoint, text)
+                except openai.APIError as e:
+                    hint = " (a passage too long for the model? lower --max-chars)" if getattr(
+                        e, "status_code", None) == 400 else ""
+                    raise RuntimeError(f"{endpoint.url}: passage {text[:30]!r}...: {e}{hint}") from e
+            cache.put(key, answer, finish_reason)
+            stats.requested += 1
+            bar.update()
+
+        start = time.perf_counter()
+        tasks = [asyncio.create_task(one(k, t)) for k, t in todo.items()]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            stats.seconds = time.perf_counter() - start
+            bar.close()
+    finally:
+        await client.close()
+    return [cache.answers[k] for k in keys], stats, served
+
+
+def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | Path, symmetric: set[str],
+                 max_chars: int, overlap: int, concurrency: int = 8,
+                 progress: bool = True) -> tuple[dict[str, Any], Stats]:
+    _, book = passages(chapters, max_chars, overlap)
+    cache = AnswerCache(cache_path)
+    try:
+        answers, stats, served = asyncio.run(answer_all([p.text for p in book], endpoint, cache, concurrency,
+                                                        progress))
+    finally:
+        cache.close()
+    graph = build_graph(chapters, book, answers, symmetric)
+    graph["settings"] = {"model": endpoint.model, "served_model": served, "max_tokens": endpoint.max_tokens,
+                         "max_chars": max_chars, "overlap": overlap}
+    return graph, stats
+
+
+def symmetric_set(data_dir: str | Path | None) -> set[str]:
+    """Symmetric relations from `data_dir`/relations.tsv, else from the packaged default inputs."""
+    from ..evaluate import symmetric_relations
+    from ..rawdata import default_files
+
+    if data_dir and (Path(data_dir) / "relations.tsv").exists():
+        return set(symmetric_relations(data_dir))
+    with resources.as_file(default_files()) as d:
+        return set(symmetric_relations(d))
+
+
+def run_cli(args, params: dict[str, Any]) -> None:
+    """`relsft extract-book`; params may be {} (outside a project): every setting has a default."""
+    url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
+    endpoint = Endpoint(url, args.api_key or os.environ.get("RELSFT_API_KEY") or "none", args.model_name,
+                        params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
+    out = Path(args.out)
+    graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl",
+                                symmetric_set(args.data_dir or params.get("data", {}).get("dir")),
+                                args.max_chars, args.overlap, args.concurrency, progress=not args.no_progress)
+    print(f"extract-book: {stats.line()}", file=sys.stderr, flush=True)
+    paths = write_outputs(graph, out)
+    print(f"extract-book: {len(graph['nodes'])} characters, {len(graph['edges'])} relations, "
+          f"{len(graph['conflicts'])} conflicts -> {', '.join(map(str, paths))}")

@@ -1,0 +1,434 @@
+"""`relsft extract-book`: splitting, windowing and merging (no server), then real runs against one
+vLLM server on the tiny taught model (conftest.teach_one_relation), killed and resumed.
+
+Expected answers of the real runs come from the in-process greedy decode of the served directory,
+passage by passage, parsed and merged by the same code (the tiny model's names are often wrong:
+these tests check the extraction, not the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from relsft.book.extract import AnswerCache, Endpoint, answer_all, symmetric_set
+from relsft.book.graph import build_graph, write_outputs
+from relsft.book.split import Chapter, fit_sentences, passages, read_book, split_chapters, split_sentences
+from conftest import teach_one_relation
+from relsft.relations import INSTRUCTION
+from relsft.serve import ServeSettings, VLLMServer, free_port
+
+SYMMETRIC = {"好友", "夫妻", "敌对"}
+
+
+def texts(sentences):
+    return [s.text for s in sentences]
+
+
+# --- sentences and passages ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("韩立与紫灵是师徒关系。萧炎是林清的好友。", ["韩立与紫灵是师徒关系。", "萧炎是林清的好友。"]),
+    # a quotation's terminators stay inside; the sentence ends after the closing mark
+    ("他说：“我走了。你保重。”她点头。", ["他说：“我走了。你保重。”", "她点头。"]),
+    ("「师父！」『嗯。』他应道", ["「师父！」", "『嗯。』", "他应道"]),
+    ("人称“韩老魔”的韩立来了。", ["人称“韩老魔”的韩立来了。"]),  # no terminator before the closing mark
+    ("他说：“‘师兄’是谁？”无人应答。", ["他说：“‘师兄’是谁？”", "无人应答。"]),  # nested marks
+    # runs of terminators count once: ellipses, !? and ！？ mixes
+    ("他沉默了……良久才道：“走吧！？”", ["他沉默了……", "良久才道：“走吧！？”"]),
+    ("真的?!假的！？不……", ["真的?!", "假的！？", "不……"]),
+    ("\"Go!\" she said. 好。", ['"Go!"', "she said. 好。"]),  # ASCII quotes; '.' does not end a sentence
+    # no final punctuation; line breaks end sentences and close an unbalanced quote
+    ("第一句。\n“没有收尾的引号。还在里面。\n  下一段没有标点  ", ["第一句。", "“没有收尾的引号。还在里面。", "下一段没有标点"]),
+    ("", []),
+    ("  \u3000\n ", []),
+])
+def test_split_sentences(text, expected):
+    sentences = split_sentences(text)
+    assert texts(sentences) == expected
+    assert all(text[s.start:s.end] == s.text for s in sentences)  # offsets point into the text
+
+
+def test_long_sentence_is_cut_at_the_best_break_and_nothing_is_dropped():
+    text = "韩立与紫灵是师徒关系，萧炎是林清的好友，" + "长" * 25 + "。"
+    pieces = fit_sentences(split_sentences(text), text, 12)
+    assert all(len(p.text) <= 12 for p in pieces)
+    assert texts(pieces)[:2] == ["韩立与紫灵是师徒关系，", "萧炎是林清的好友，"]  # at commas, then hard cuts
+    assert "".join(texts(pieces)) == text
+    assert all(text[p.start:p.end] == p.text for p in pieces)
+
+
+def test_passages_fit_overlap_and_cover_every_sentence():
+    chapter = "".join(f"第{i}人与第{i + 1}人是好友。" for i in range(30)) + "“一句很长很长很长很长很长很长很长很长很长的话！”"
+    sentences, book = passages([Chapter("c1", chapter)], max_chars=40, overlap=1)
+    sentences = sentences[0]
+    assert all(len(p.text) <= 40 for p in book)
+    assert [p.index for p in book] == list(range(len(book)))
+    assert book[0].first == 0 and book[-1].last == len(sentences)
+    for prev, nxt in zip(book, book[1:]):
+        assert nxt.first == prev.last - 1  # one sentence repeated
+        assert prev.first < nxt.first  # always moving on
+    for p in book:
+        assert p.text == "".join(s.text for s in sentences[p.first:p.last])
+        assert chapter[p.start:p.end] == p.text  # no spaces here, so the span is the text
+    _, no_overlap = passages([Chapter("c1", chapter)], max_chars=40, overlap=0)
+    assert all(b.first == a.last for a, b in zip(no_overlap, no_overlap[1:]))
+    assert "".join(p.text for p in no_overlap) == chapter
+
+
+def test_overlap_gives_way_to_a_sentence_that_needs_the_room():
+    chapter = "短句一。" + "长" * 17 + "。"  # 4 + 18 chars: with 20 max, no room to repeat the first
+    _, book = passages([Chapter("c", chapter)], max_chars=20, overlap=1)
+    assert [p.text for p in book] == ["短句一。", "长" * 17 + "。"]
+    with pytest.raises(ValueError):
+        passages([Chapter("c", chapter)], max_chars=0)
+
+
+def test_read_book_directory_file_headings_and_stdin(tmp_path, monkeypatch):
+    book = tmp_path / "book"
+    book.mkdir()
+    for n in (10, 2, 1):
+        (book / f"chapter{n}.txt").write_text(f"第{n}章的正文。", encoding="utf-8")
+    (book / ".hidden").write_text("x")
+    assert [c.name for c in read_book(book)] == ["chapter1.txt", "chapter2.txt", "chapter10.txt"]
+    text = "楔子。\n第一回　甄士隐梦幻识通灵\n正文一。\n第二回合，他又输了。\n第二回 贾夫人仙逝扬州城\n正文二。\n"
+    assert split_chapters("hlm.txt", text) == [
+        Chapter("hlm.txt", "楔子。\n"), Chapter("第一回　甄士隐梦幻识通灵", "\n正文一。\n第二回合，他又输了。\n"),
+        Chapter("第二回 贾夫人仙逝扬州城", "\n正文二。\n")]
+    (tmp_path / "one.txt").write_text("只有一章。", encoding="utf-8")
+    assert read_book(tmp_path / "one.txt") == [Chapter("one.txt", "只有一章。")]
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("来自标准输入。"))
+    assert read_book("-") == [Chapter("stdin", "来自标准输入。")]
+    with pytest.raises(FileNotFoundError):
+        read_book(tmp_path / "missing.txt")
+
+
+# --- merging ---------------------------------------------------------------------------------
+
+def merged(answers: list[str], chapters=None):
+    chapters = chapters or [Chapter("c1", "韩立。紫灵。萧炎。林清。韩立！"), Chapter("c2", "韩立与萧炎。")]
+    _, book = passages(chapters, max_chars=3, overlap=0)
+    assert len(book) >= len(answers)
+    return build_graph(chapters, book[:len(answers)], answers, SYMMETRIC), book
+
+
+def edge(graph, source, target, rel):
+    found = [e for e in graph["edges"] if (e["source"], e["target"], e["relation"]) == (source, target, rel)]
+    assert len(found) == 1, (source, target, rel, graph["edges"])
+    return found[0]
+
+
+def test_symmetric_pairs_merge_and_duplicates_count_once():
+    graph, book = merged(["韩立-紫灵:好友\n韩立-紫灵:好友", "紫灵-韩立:好友", "韩立-紫灵:师父"])
+    friends = edge(graph, "紫灵", "韩立", "好友")  # one undirected edge, names in sorted order
+    assert friends["symmetric"] is True
+    assert [ev["passage"] for ev in friends["evidence"]] == [0, 1]  # a line repeated in one answer: once
+    ev = friends["evidence"][0]
+    assert ev == {"chapter": "c1", "chapter_index": 0, "passage": 0, "sentences": [book[0].first, book[0].last],
+                  "chars": [book[0].start, book[0].end], "text": book[0].text}
+    assert edge(graph, "韩立", "紫灵", "师父")["symmetric"] is False  # direction kept
+
+
+def test_contradictions_are_kept_and_flagged():
+    graph, _ = merged(["韩立-萧炎:好友", "萧炎-韩立:敌对", "紫灵-林清:父子", "林清-紫灵:父子", "紫灵-韩立:好友"])
+    assert edge(graph, "萧炎", "韩立", "好友")["conflict"] and edge(graph, "萧炎", "韩立", "敌对")["conflict"]
+    # an asymmetric label in both directions is a contradiction too
+    assert edge(graph, "紫灵", "林清", "父子")["conflict"] and edge(graph, "林清", "紫灵", "父子")["conflict"]
+    assert not edge(graph, "紫灵", "韩立", "好友")["conflict"]
+    assert graph["conflicts"] == [
+        {"pair": ["林清", "紫灵"], "edges": [{"source": "林清", "target": "紫灵", "relation": "父子"},
+                                            {"source": "紫灵", "target": "林清", "relation": "父子"}]},
+        {"pair": ["萧炎", "韩立"], "edges": [{"source": "萧炎", "target": "韩立", "relation": "好友"},
+                                            {"source": "萧炎", "target": "韩立", "relation": "敌对"}]},
+    ]
+
+
+def test_nodes_unparsed_lines_and_determinism():
+    answers = ["韩立-紫灵:好友\n不是关系", "", "萧炎-韩立:敌对", "韩立-紫灵:好友"]
+    graph, _ = merged(answers)
+    assert graph["nodes"] == [{"id": "紫灵", "mentions": 1, "passages": 2}, {"id": "萧炎", "mentions": 2, "passages": 1},
+                              {"id": "韩立", "mentions": 3, "passages": 3}]
+    assert graph["unparsed"] == [{"passage": 0, "line": "不是关系"}]
+    # The same answers in any order of arrival give the same graph (answers are matched by passage).
+    chapters = [Chapter("c1", "韩立。紫灵。萧炎。林清。韩立！"), Chapter("c2", "韩立与萧炎。")]
+    _, book = passages(chapters, max_chars=3, overlap=0)
+    order = list(range(len(answers)))
+    random.Random(0).shuffle(order)
+    shuffled = build_graph(chapters, [book[i] for i in order], [answers[i] for i in order], SYMMETRIC)
+    assert shuffled == graph
+
+
+def test_writers(tmp_path):
+    import networkx as nx
+
+    graph, _ = merged(["韩立-紫灵:好友", "萧炎-韩立:敌对\n韩立-萧炎:师父", "韩立-紫灵:好友"])
+    paths = write_outputs(graph, tmp_path / "out")
+    assert [p.name for p in paths] == ["graph.json", "graph.graphml", "relations.csv"]
+    assert json.loads(paths[0].read_text(encoding="utf-8")) == graph
+    g = nx.read_graphml(paths[1])
+    assert set(g.nodes) == {"紫灵", "萧炎", "韩立"} and g.nodes["韩立"]["mentions"] == 3
+    assert sorted((u, v, d["relation"], d["weight"], d["conflict"]) for u, v, d in g.edges(data=True)) == [
+        ("紫灵", "韩立", "好友", 2, False), ("萧炎", "韩立", "敌对", 1, True), ("韩立", "萧炎", "师父", 1, True)]
+    rows = list(csv.DictReader(paths[2].open(encoding="utf-8")))
+    assert [(r["source"], r["target"], r["relation"], r["evidence_count"], r["chapters"]) for r in rows] == [
+        ("紫灵", "韩立", "好友", "2", "c1"), ("萧炎", "韩立", "敌对", "1", "c1"), ("韩立", "萧炎", "师父", "1", "c1")]
+
+
+def test_symmetric_relations_from_the_packaged_data(raw_data_dir):
+    assert symmetric_set(None) == symmetric_set(raw_data_dir)
+    assert {"好友", "夫妻"} <= symmetric_set(None) and "师父" not in symmetric_set(None)
+
+
+# --- requests, retries and the cache, on a fake server ---------------------------------------
+
+class FakeServer:
+    """An OpenAI-compatible stand-in: answers `<first two characters>-林清:好友`, after the `fail` errors."""
+
+    def __init__(self, fail: list[int] | None = None):
+        self.fail = list(fail or [])
+        self.requests: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [
+                {"id": "relsft", "object": "model", "created": 0, "owned_by": "vllm", "root": "/models/tiny"}]})
+        body = json.loads(request.content)
+        assert body["temperature"] == 0 and body["max_tokens"] == 32 and not body["stream"]
+        text = body["messages"][0]["content"]
+        self.requests.append(text)
+        if self.fail:
+            return httpx.Response(self.fail.pop(0), json={"error": {"message": "boom"}})
+        name = text.removeprefix(INSTRUCTION)[:2]
+        return httpx.Response(200, json={
+            "id": "x", "object": "chat.completion", "created": 0, "model": "relsft",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": f"{name}-林清:好友"}}]})
+
+    def client(self):
+        return openai.AsyncOpenAI(base_url="http://fake/v1", api_key="k", max_retries=0,
+                                  http_client=httpx.AsyncClient(transport=httpx.MockTransport(self)))
+
+
+ENDPOINT = Endpoint("http://fake/v1", "k", max_tokens=32, backoff=0.01)
+
+
+def run_answers(server: FakeServer, passage_texts: list[str], cache_path: Path, concurrency: int = 4):
+    cache = AnswerCache(cache_path)
+    try:
+        return asyncio.run(answer_all(passage_texts, ENDPOINT, cache, concurrency, progress=False,
+                                      client=server.client()))
+    finally:
+        cache.close()
+
+
+def test_transient_errors_are_retried_and_4xx_is_not(tmp_path):
+    server = FakeServer(fail=[503, 429, 502])
+    answers, stats, served = run_answers(server, ["张三来了。", "李四来了。"], tmp_path / "c.jsonl", concurrency=1)
+    assert answers == ["张三-林清:好友", "李四-林清:好友"] and served == "/models/tiny"
+    assert len(server.requests) == 5 and stats.requested == 2
+    assert server.requests[0].startswith(INSTRUCTION)  # relations.user_messages' prompt
+    refused = FakeServer(fail=[400])
+    with pytest.raises(RuntimeError, match="lower --max-chars"):
+        run_answers(refused, ["王五来了。"], tmp_path / "d.jsonl")
+    assert len(refused.requests) == 1
+    with pytest.raises(RuntimeError):
+        run_answers(FakeServer(fail=[500] * 10), ["赵六来了。"], tmp_path / "e.jsonl")
+
+
+def test_cache_resumes_and_survives_a_torn_line(tmp_path):
+    cache_path = tmp_path / "cache.jsonl"
+    book = [f"第{i}人来了。" for i in range(6)] + ["第0人来了。"]  # a repeated passage is asked once
+    first = FakeServer()
+    answers, stats, _ = run_answers(first, book[:3], cache_path)
+    assert stats.requested == 3
+    with cache_path.open("a", encoding="utf-8") as f:
+        f.write('{"key": "torn')  # a run killed mid-write
+    again = FakeServer()
+    resumed, stats, _ = run_answers(again, book, cache_path)
+    assert sorted(again.requests) == sorted(INSTRUCTION + t for t in book[3:6])
+    assert (stats.passages, stats.distinct, stats.cached, stats.requested) == (7, 6, 3, 3)
+    assert resumed[:3] == answers and resumed[6] == resumed[0]
+    lines = cache_path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 7 and lines[3] == '{"key": "torn'
+    assert run_answers(FakeServer(), book, cache_path)[1].requested == 0
+    # another model behind the same name, or another answer length, is asked afresh
+    key = AnswerCache.key("relsft", "/models/tiny", 32, book[0])
+    assert key not in (AnswerCache.key("relsft", "/models/other", 32, book[0]),
+                       AnswerCache.key("relsft", "/models/tiny", 16, book[0]))
+
+
+def test_cli_outside_a_project_without_a_server_says_so(tmp_path, monkeypatch, capsys):
+    from relsft.cli import main
+
+    (tmp_path / "book.txt").write_text("韩立与紫灵是师徒关系。", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the defaults
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    assert main(["extract-book", "book.txt", "--url", url, "--no-progress"]) == 1
+    assert f"relsft extract-book: error: {url}: Connection error" in capsys.readouterr().err
+    assert not (tmp_path / "book-graph" / "graph.json").exists()
+
+
+# --- real runs: the CLI against one vLLM server on the tiny taught model -----------------------
+
+API_KEY = "test-key-book"
+MAX_CHARS = 60
+
+
+@pytest.fixture(scope="module")
+def taught_model(pipeline_project, tiny_params, tmp_path_factory) -> Path:
+    return teach_one_relation(pipeline_project / "export" / "relsft-model", pipeline_project / "data", tiny_params,
+                              tmp_path_factory.mktemp("book-model"))
+
+
+@pytest.fixture(scope="module")
+def book_server(taught_model, tiny_params, tmp_path_factory):
+    """Module-scoped: stopped before other modules start theirs, so two servers never share the cores."""
+    settings = ServeSettings.from_params(tiny_params, model=str(taught_model), host="127.0.0.1", port=free_port(),
+                                         enforce_eager=True)  # starts faster; answers are the same
+    with VLLMServer(settings, api_key=API_KEY, log_path=tmp_path_factory.mktemp("book-vllm") / "vllm.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def book_dir(taught_model, tmp_path_factory) -> Path:
+    """Four chapter files of the one-relation texts the model was taught on, paragraphs and all."""
+    with (taught_model.parent / "datasets" / "test.jsonl").open(encoding="utf-8") as f:
+        lines = [json.loads(line)["text"] for line in f]
+    d = tmp_path_factory.mktemp("book") / "chapters"
+    d.mkdir()
+    for c in range(4):
+        part = lines[c * 12 : (c + 1) * 12]
+        paragraphs = ["".join(part[i : i + 3]) for i in range(0, len(part), 3)]
+        (d / f"第{c + 1}章.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def expected_graph(taught_model, book_dir, pipeline_project, tiny_params):
+    """What the served directory answers in-process for every passage, merged by the same code."""
+    from relsft.generation import greedy_generate, load_for_inference
+
+    chapters = read_book(book_dir)
+    _, book = passages(chapters, MAX_CHARS, 1)
+    model, tok = load_for_inference(taught_model)
+    cfg = tiny_params["evaluate"]
+    results = greedy_generate(model, tok, [p.text for p in book], cfg["max_new_tokens"], cfg["batch_size"])
+    return build_graph(chapters, book, [r["answer"] for r in results], symmetric_set(pipeline_project / "data"))
+
+
+def cli_env() -> dict[str, str]:
+    return dict(os.environ, RELSFT_API_KEY=API_KEY,
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def cli(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run the CLI with the server's key in $RELSFT_API_KEY (where --api-key is not given)."""
+    proc = subprocess.run(cmd, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def distinct_passages(book_dir: Path) -> int:
+    return len({p.text for p in passages(read_book(book_dir), MAX_CHARS, 1)[1]})
+
+
+def extract_book_cmd(server, book_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["relsft", "extract-book", str(book_dir), "--url", server.base_url, "--max-chars", str(MAX_CHARS),
+            "--overlap", "1", "--out", str(out), "--no-progress", *extra]
+
+
+def requested(stderr: str) -> tuple[int, int]:
+    """(from the cache, requested) from the run's summary line."""
+    line = next(x for x in stderr.splitlines() if x.startswith("extract-book:") and "requested" in x)
+    words = line.replace(",", "").split()
+    return int(words[words.index("from") - 1]), int(words[words.index("requested") - 1])
+
+
+def cache_lines(path: Path) -> int:
+    n = 0
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            json.loads(line)["answer"]
+            n += 1
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return n
+
+
+@pytest.mark.slow
+def test_default_passage_fits_the_model_with_a_full_answer(pipeline_project, params):
+    """DEFAULT_MAX_CHARS rare characters (3 byte tokens each) leave room for evaluate.max_new_tokens."""
+    from transformers import AutoTokenizer
+
+    from relsft.book.split import DEFAULT_MAX_CHARS
+    from relsft.chat import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(pipeline_project / "models" / "base")  # the builtin tokenizer
+    rare = "".join(chr(c) for c in range(0x9F00, 0x9F00 + DEFAULT_MAX_CHARS))  # 鼀..: outside its vocabulary
+    prompt = tok(render_prompt(tok, rare), add_special_tokens=False)["input_ids"]
+    assert len(prompt) > 2 * DEFAULT_MAX_CHARS  # they did fall back to bytes
+    assert len(prompt) + params["evaluate"]["max_new_tokens"] <= params["format"]["max_length"]
+
+
+@pytest.mark.slow
+def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_graph, pipeline_project, tmp_path):
+    import networkx as nx
+
+    out = tmp_path / "graph"
+    # In the project: max_tokens and relations.tsv from its params.yaml, as the in-process answers.
+    proc = cli(extract_book_cmd(book_server, book_dir, out, "--api-key", API_KEY, "--concurrency", "8"),
+               pipeline_project)
+    graph = json.loads((out / "graph.json").read_text(encoding="utf-8"))
+    assert [c["name"] for c in graph["chapters"]] == ["第1章.txt", "第2章.txt", "第3章.txt", "第4章.txt"]
+    assert graph["passages"] == expected_graph["passages"] > 4 * 4  # several passages per chapter
+    assert expected_graph["edges"], "the taught model gave no relation at all: nothing is compared"
+    for key in ("edges", "nodes", "conflicts", "unparsed"):
+        assert graph[key] == expected_graph[key], key
+    assert requested(proc.stderr) == (0, distinct_passages(book_dir))
+    g = nx.read_graphml(out / "graph.graphml")
+    assert g.number_of_edges() == len(graph["edges"]) and g.number_of_nodes() == len(graph["nodes"])
+    assert len((out / "relations.csv").read_text(encoding="utf-8").splitlines()) == 1 + len(graph["edges"])
+    # Again: every answer from the cache, byte-identical files.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = cli(extract_book_cmd(book_server, book_dir, out), pipeline_project)
+    assert requested(again.stderr)[1] == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_only_the_missing_passages(book_server, book_dir, tmp_path):
+    bare = tmp_path / "anywhere"  # no params.yaml, no data/: the defaults
+    bare.mkdir()
+    cache = tmp_path / "cache.jsonl"
+    cmd = extract_book_cmd(book_server, book_dir, tmp_path / "resumed", "--cache", str(cache), "--concurrency", "1")
+    proc = subprocess.Popen(cmd, cwd=bare, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while cache_lines(cache) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        stderr = proc.communicate()[1].decode()
+    assert proc.returncode == -signal.SIGKILL, stderr
+    done, distinct = cache_lines(cache), distinct_passages(book_dir)
+    assert 3 <= done < distinct, "killed too late to test resuming"
+
+    resumed = cli(cmd, bare)
+    assert requested(resumed.stderr) == (done, distinct - done)  # only what the killed run had not cached
+    assert cache_lines(cache) == distinct
+    whole = tmp_path / "uninterrupted"
+    cli(extract_book_cmd(book_server, book_dir, whole, "--concurrency", "4"), bare)
+    assert (tmp_path / "resumed" / "graph.json").read_bytes() == (whole / "graph.json").read_bytes()
