@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from relsft import promote
 from relsft.dvcrun import run_dvc
+from relsft.params import load_params
 from relsft.paths import stage_paths
 
 
@@ -50,20 +51,33 @@ def fetch(project: Path, rev: str, path: str, dst: Path) -> Path:
     return dst
 
 
+def git_show(project: Path, rev: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=project, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def experiment_params(project: Path, rev: str, scratch: Path) -> dict:
+    """The experiment's settings as its stages read them: its params.yaml over the recipe it names."""
+    (scratch / "params.yaml").write_text(git_show(project, rev, "params.yaml"), encoding="utf-8")
+    if recipe := yaml.safe_load((scratch / "params.yaml").read_text(encoding="utf-8")).get("recipe"):
+        (scratch / "recipes").mkdir()
+        (scratch / "recipes" / f"{recipe}.yaml").write_text(git_show(project, rev, f"recipes/{recipe}.yaml"),
+                                                            encoding="utf-8")
+    return load_params(scratch / "params.yaml")
+
+
 @task(cache_policy=NO_CACHE)
 def gate_and_promote(project_dir: str, experiment: str, rev: str) -> promote.Decision:
     project = Path(project_dir)
-    params = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:params.yaml"], cwd=project, check=True,
-                                           capture_output=True, text=True).stdout)
-    settings = params["promote"]
     evaluated = stage_paths("evaluate", project / "dvc.yaml")
     with tempfile.TemporaryDirectory(prefix="relsft-candidate-") as scratch:
         scratch = Path(scratch)
+        params = experiment_params(project, rev, scratch)
+        settings = params["promote"]
         export = fetch(project, rev, stage_paths("export", project / "dvc.yaml")["out"], scratch / "export")
         on = promote.ScoringData(fetch(project, rev, evaluated["datasets"], scratch / "datasets"),
                                  fetch(project, rev, evaluated["data"], scratch / "data"), params["evaluate"])
-        lock = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=project, check=True,
-                                             capture_output=True, text=True).stdout)
+        lock = yaml.safe_load(git_show(project, rev, "dvc.lock"))
         registry = project / settings["registry"]
         decision = promote.promote_candidate(export, registry, settings, on, {
             "experiment": experiment, "experiment_rev": rev,
