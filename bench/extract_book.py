@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from relsft.book.extract import AnswerCache, Endpoint, answer_all, symmetric_set  # noqa: E402
-from relsft.book.graph import build_graph  # noqa: E402
+from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph, relation_sets  # noqa: E402
 from relsft.book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP, Chapter, passages, read_book  # noqa: E402
 from relsft.params import load_params  # noqa: E402
 from relsft.serve import ServeSettings, VLLMServer, free_port  # noqa: E402
@@ -40,14 +39,15 @@ def default_book(dataset: Path) -> list[Chapter]:
     return [Chapter(dataset.name, "\n".join("".join(texts[i : i + 3]) for i in range(0, len(texts), 3)))]
 
 
-def arm(endpoint: Endpoint, chapters, book, concurrency: int, symmetric: set[str], max_seconds: float) -> dict:
+def arm(endpoint: Endpoint, chapters, book, concurrency: int, relations: tuple[set[str], set[str]],
+        max_seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cache = AnswerCache(Path(tmp) / "cache.jsonl")
         start = time.perf_counter()
         try:
             answers, _, _ = asyncio.run(asyncio.wait_for(
                 answer_all([p.text for p in book], endpoint, cache, concurrency, progress=False), max_seconds))
-            graph = build_graph(chapters, book, answers, symmetric)
+            graph = grounded_graph(chapters, book, answers, relations)
             edges, cut_short = len(graph["edges"]), False
             digest = hashlib.sha256(json.dumps(graph, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
         except TimeoutError:
@@ -77,7 +77,7 @@ def main() -> None:
     _, book = passages(chapters, args.max_chars, args.overlap)
     # With prefix caching off, a warm-up passage that is measured again later gains nothing from it.
     warm_up, book = book[-4:], book[: args.passages]
-    symmetric = symmetric_set(params["data"]["dir"])
+    relations = relation_sets("data")  # the project's data/ (dvc.yaml's --data), else the packaged inputs
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = ServeSettings.from_params(params, model=args.model, host="127.0.0.1", port=free_port(),
@@ -85,11 +85,11 @@ def main() -> None:
     print(f"starting vLLM on {settings.model} ...", flush=True)
     with VLLMServer(settings, api_key=API_KEY, log_path=out.with_suffix(".vllm.log")) as server:
         endpoint = Endpoint(server.base_url, API_KEY, max_tokens=params["evaluate"]["max_new_tokens"])
-        arm(endpoint, chapters, warm_up, 4, symmetric, 60)
+        arm(endpoint, chapters, warm_up, 4, relations, 60)
         rows = []
         for concurrency in args.concurrency:
             print(f"extract-book, {len(book)} passages, concurrency {concurrency} ...", flush=True)
-            rows.append(arm(endpoint, chapters, book, concurrency, symmetric, args.max_seconds))
+            rows.append(arm(endpoint, chapters, book, concurrency, relations, args.max_seconds))
     base = rows[0]["passages_per_s"]
     for r in rows:
         r["ratio"] = round(r["passages_per_s"] / base, 2) if base else None

@@ -23,8 +23,8 @@ import httpx
 import openai
 import pytest
 
-from relsft.book.extract import AnswerCache, Endpoint, answer_all, symmetric_set
-from relsft.book.graph import build_graph, write_outputs
+from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph, relation_sets, symmetric_set
+from relsft.book.graph import build_graph, grounded, write_outputs
 from relsft.book.split import Chapter, fit_sentences, passages, read_book, split_chapters, split_sentences
 from conftest import teach_one_relation
 from relsft.relations import INSTRUCTION
@@ -186,9 +186,28 @@ def test_writers(tmp_path):
         ("紫灵", "韩立", "好友", "2", "c1"), ("萧炎", "韩立", "敌对", "1", "c1"), ("韩立", "萧炎", "师父", "1", "c1")]
 
 
+def test_only_relations_the_passage_supports_enter_the_graph():
+    """Both names written in the passage, two different names, a label of the vocabulary."""
+    chapters = [Chapter("c1", "韩立与紫灵是师徒。萧炎是林清的好友。")]
+    _, book = passages(chapters, max_chars=100, overlap=0)
+    assert len(book) == 1
+    answer = "韩立-紫灵:师徒\n萧炎-林清曾:好友\n韩立-韩立:好友\n萧炎-林清:挚交\n乱写一行\n萧炎-林清:好友"
+    kept, rejected = grounded(book, [answer], {"师徒", "好友"})
+    assert kept == ["韩立-紫灵:师徒\n乱写一行\n萧炎-林清:好友"]
+    assert [(r["line"], r["reason"]) for r in rejected] == [
+        ("萧炎-林清曾:好友", "a name not in the passage"), ("韩立-韩立:好友", "the same name twice"),
+        ("萧炎-林清:挚交", "a relation not in relations.tsv")]
+    graph = grounded_graph(chapters, book, [answer], ({"师徒", "好友"}, {"好友"}))
+    assert [(e["source"], e["target"], e["relation"]) for e in graph["edges"]] == [("林清", "萧炎", "好友"),
+                                                                                 ("韩立", "紫灵", "师徒")]
+    assert {n["id"] for n in graph["nodes"]} == {"韩立", "紫灵", "萧炎", "林清"}  # no 林清曾
+    assert graph["unparsed"] == [{"passage": 0, "line": "乱写一行"}] and len(graph["rejected"]) == 3
+
+
 def test_symmetric_relations_from_the_packaged_data(raw_data_dir):
     assert symmetric_set(None) == symmetric_set(raw_data_dir)
     assert {"好友", "夫妻"} <= symmetric_set(None) and "师父" not in symmetric_set(None)
+    assert symmetric_set(None) < relation_sets(None)[0] and "师父" in relation_sets(None)[0]
 
 
 # --- requests, retries and the cache, on a fake server ---------------------------------------
@@ -325,7 +344,7 @@ def expected_graph(taught_model, book_dir, pipeline_project, tiny_params):
     model, tok = load_for_inference(taught_model)
     cfg = tiny_params["evaluate"]
     results = greedy_generate(model, tok, [p.text for p in book], cfg["max_new_tokens"], cfg["batch_size"])
-    return build_graph(chapters, book, [r["answer"] for r in results], symmetric_set(pipeline_project / "data"))
+    return grounded_graph(chapters, book, [r["answer"] for r in results], relation_sets(pipeline_project / "data"))
 
 
 def cli_env() -> dict[str, str]:
@@ -393,8 +412,10 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
     graph = json.loads((out / "graph.json").read_text(encoding="utf-8"))
     assert [c["name"] for c in graph["chapters"]] == ["第1章.txt", "第2章.txt", "第3章.txt", "第4章.txt"]
     assert graph["passages"] == expected_graph["passages"] > 4 * 4  # several passages per chapter
-    assert expected_graph["edges"], "the taught model gave no relation at all: nothing is compared"
-    for key in ("edges", "nodes", "conflicts", "unparsed"):
+    # Every answer line lands in edges, unparsed or rejected (the tiny model's names are mostly not
+    # in the passage): equal lists there are equal answers, line for line.
+    assert expected_graph["edges"] or expected_graph["rejected"], "the taught model gave no relation line at all"
+    for key in ("edges", "nodes", "conflicts", "unparsed", "rejected"):
         assert graph[key] == expected_graph[key], key
     assert requested(proc.stderr) == (0, distinct_passages(book_dir))
     g = nx.read_graphml(out / "graph.graphml")

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..client import DEFAULT_MAX_TOKENS, chat_request
-from .graph import build_graph, write_outputs
-from .split import Chapter, passages, read_book
+from .graph import build_graph, grounded, write_outputs
+from .split import Chapter, Passage, passages, read_book
 
 
 @dataclass(frozen=True)
@@ -180,9 +180,10 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
     return [cache.answers[k] for k in keys], stats, served
 
 
-def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | Path, symmetric: set[str],
-                 max_chars: int, overlap: int, concurrency: int = 8,
+def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | Path,
+                 relations: tuple[set[str], set[str]], max_chars: int, overlap: int, concurrency: int = 8,
                  progress: bool = True) -> tuple[dict[str, Any], Stats]:
+    """`relations`: (the vocabulary, its symmetric relations), as `relation_sets` reads them."""
     _, book = passages(chapters, max_chars, overlap)
     cache = AnswerCache(cache_path)
     try:
@@ -190,21 +191,36 @@ def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | 
                                                         progress))
     finally:
         cache.close()
-    graph = build_graph(chapters, book, answers, symmetric)
+    graph = grounded_graph(chapters, book, answers, relations)
     graph["settings"] = {"model": endpoint.model, "served_model": served, "max_tokens": endpoint.max_tokens,
                          "max_chars": max_chars, "overlap": overlap}
     return graph, stats
 
 
-def symmetric_set(data_dir: str | Path | None) -> set[str]:
-    """Symmetric relations from `data_dir`/relations.tsv, else from the packaged default inputs."""
-    from ..evaluate import symmetric_relations
-    from ..rawdata import default_files
+def grounded_graph(chapters: list[Chapter], book: list[Passage], answers: list[str],
+                   relations: tuple[set[str], set[str]]) -> dict[str, Any]:
+    """The graph of the answers' grounded relations, with what was rejected and why."""
+    vocabulary, symmetric = relations
+    kept, rejected = grounded(book, answers, vocabulary)
+    return dict(build_graph(chapters, book, kept, symmetric), rejected=rejected)
+
+
+def relation_sets(data_dir: str | Path | None) -> tuple[set[str], set[str]]:
+    """(every relation, the symmetric ones) of `data_dir`/relations.tsv, else of the packaged inputs."""
+    from ..rawdata import default_files, load_raw
+
+    def read(d) -> tuple[set[str], set[str]]:
+        types = load_raw(d).relations.values()
+        return {r.name for r in types}, {r.name for r in types if r.symmetric}
 
     if data_dir and (Path(data_dir) / "relations.tsv").exists():
-        return set(symmetric_relations(data_dir))
+        return read(data_dir)
     with resources.as_file(default_files()) as d:
-        return set(symmetric_relations(d))
+        return read(d)
+
+
+def symmetric_set(data_dir: str | Path | None) -> set[str]:
+    return relation_sets(data_dir)[1]
 
 
 def run_cli(args, params: dict[str, Any]) -> None:
@@ -214,9 +230,10 @@ def run_cli(args, params: dict[str, Any]) -> None:
                         params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
     out = Path(args.out)
     graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl",
-                                symmetric_set(args.data_dir or params.get("data", {}).get("dir")),
+                                relation_sets(args.data_dir or "data"),  # the project's data/, else the packaged inputs
                                 args.max_chars, args.overlap, args.concurrency, progress=not args.no_progress)
     print(f"extract-book: {stats.line()}", file=sys.stderr, flush=True)
     paths = write_outputs(graph, out)
     print(f"extract-book: {len(graph['nodes'])} characters, {len(graph['edges'])} relations, "
-          f"{len(graph['conflicts'])} conflicts -> {', '.join(map(str, paths))}")
+          f"{len(graph['conflicts'])} conflicts, {len(graph['rejected'])} answer lines rejected as ungrounded "
+          f"-> {', '.join(map(str, paths))}")

@@ -6,6 +6,11 @@ and `passages` (how many passages' answers name them). Edges are relations with 
 that states them as evidence. A symmetric relation (relations.tsv) is one undirected edge whatever
 the order the model wrote; an asymmetric one keeps its direction (`A-B:师父`: A is B's 师父).
 
+A relation enters the graph only if its passage supports it (`grounded`): both names are written
+in the passage, they differ, and the label is one of relations.tsv. The rest is listed under
+`rejected` with the reason, so a model that copies a clause fragment as a name or invents a label
+adds no character and no edge.
+
 A pair with more than one (label, direction), `A-B:好友` and `A-B:敌对` or `A-B:父子` and
 `B-A:父子`, is a conflict: every such edge is kept, flagged `conflict: true` and listed under
 `conflicts`. Everything is sorted, so the same answers give byte-identical files.
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_file, write_json
-from ..relations import parse_output
+from ..relations import parse_line, parse_output
 from .split import Chapter, Passage
 
 
@@ -45,6 +50,27 @@ class EdgeKey:
 def evidence(passage: Passage, chapters: list[Chapter]) -> dict[str, Any]:
     return {"chapter": chapters[passage.chapter].name, "chapter_index": passage.chapter, "passage": passage.index,
             "sentences": [passage.first, passage.last], "chars": [passage.start, passage.end], "text": passage.text}
+
+
+def grounded(passages: list[Passage], answers: list[str],
+             vocabulary: set[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each answer with only the relations its passage supports (unparsed lines are kept, for
+    `unparsed`), and the dropped lines with their reason."""
+    kept, rejected = [], []
+    for p, answer in zip(passages, answers):
+        lines = []
+        for line in answer.strip().splitlines():
+            r = parse_line(line)
+            reason = None if r is None else (
+                "the same name twice" if r.a == r.b else
+                "a name not in the passage" if r.a not in p.text or r.b not in p.text else
+                "a relation not in relations.tsv" if r.rel not in vocabulary else None)
+            if reason:
+                rejected.append({"passage": p.index, "line": line.strip(), "reason": reason})
+            else:
+                lines.append(line)
+        kept.append("\n".join(lines))
+    return kept, rejected
 
 
 def build_graph(chapters: list[Chapter], passages: list[Passage], answers: list[str],
