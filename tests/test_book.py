@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph, relation_sets, symmetric_set
+from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph, relation_sets
 from relsft.book.graph import build_graph, grounded, write_outputs
 from relsft.book.split import Chapter, fit_sentences, passages, read_book, split_chapters, split_sentences
 from conftest import teach_one_relation
@@ -205,9 +205,10 @@ def test_only_relations_the_passage_supports_enter_the_graph():
 
 
 def test_symmetric_relations_from_the_packaged_data(raw_data_dir):
-    assert symmetric_set(None) == symmetric_set(raw_data_dir)
-    assert {"好友", "夫妻"} <= symmetric_set(None) and "师父" not in symmetric_set(None)
-    assert symmetric_set(None) < relation_sets(None)[0] and "师父" in relation_sets(None)[0]
+    vocabulary, symmetric = relation_sets(None)
+    assert relation_sets(raw_data_dir) == (vocabulary, symmetric)
+    assert {"好友", "夫妻"} <= symmetric and "师父" not in symmetric
+    assert symmetric < vocabulary and "师父" in vocabulary
 
 
 # --- requests, retries and the cache, on a fake server ---------------------------------------

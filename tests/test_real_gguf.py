@@ -34,7 +34,6 @@ def test_real_gguf_converts_into_a_model_that_answers(tmp_path, monkeypatch):
     build_base({"base": params["base"], "data": {"dir": "unused"}}, tmp_path / "base-again")
     model, tok = load_for_inference(out)
     assert sum(p.numel() for p in model.parameters()) > 600e6
-    # Through the ChatML prompt every stage uses; the instruction is not the task's, the model is untuned.
-    tok.chat_template = tok.chat_template  # saved by the base stage: the project's ChatML
+    # Through the ChatML prompt the base stage saved (every stage uses it); the model is untuned.
     answer = greedy_generate(model, tok, ["中国的首都是哪座城市?请只回答城市名。"], 12, 1)[0]
     assert "北京" in answer["answer"], answer

@@ -219,9 +219,6 @@ def relation_sets(data_dir: str | Path | None) -> tuple[set[str], set[str]]:
         return read(d)
 
 
-def symmetric_set(data_dir: str | Path | None) -> set[str]:
-    return relation_sets(data_dir)[1]
-
 
 def run_cli(args, params: dict[str, Any]) -> None:
     """`relsft extract-book`; params may be {} (outside a project): every setting has a default."""
