@@ -1,4 +1,5 @@
 # make pipeline : set up the venv and run the whole default pipeline offline (dvc repro)
+# make recipe RECIPE=qwen2.5-coder-0.5b-gguf : the same pipeline on another recipe, as a DVC experiment
 # make test     : set up the venv and run the test suite
 # make test-fast: the unit tests only (`pytest -m "not slow"`, under a minute)
 SHELL := /bin/bash
@@ -9,7 +10,7 @@ UV    := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: setup pipeline test test-fast bench clean
+.PHONY: setup pipeline recipe test test-fast bench clean
 
 # uv installs the same pins as pip in seconds instead of ~2 minutes (parallel downloads, a
 # hard-linked cache; pip spent most of the first command's set-up here). uv does not read pip's
@@ -39,6 +40,11 @@ data/relations.tsv: | setup
 
 pipeline: setup data/relations.tsv
 	dvc repro
+	dvc metrics show
+
+RECIPE ?= builtin-cpu
+recipe: setup data/relations.tsv
+	dvc exp run -S recipe=$(RECIPE)
 	dvc metrics show
 
 test: setup

@@ -51,6 +51,8 @@ def evaluate_model(model, tok, examples: list[dict[str, Any]], symmetric: list[s
                               desc=desc)
     scores = score([r["answer"] for r in results], [e["output"] for e in examples], symmetric)
     scores["stopped_rate"] = sum(r["stopped"] for r in results) / max(1, len(results))
+    scores["examples"] = len(examples)  # a recipe may score a fixed subset (evaluate.max_examples)
+    scores["decoding"] = f"transformers generate, greedy, batch {cfg['batch_size']}, {model.device.type}"
     rows = [{"id": e["id"], "text": e["text"], "gold": e["output"], **r} for e, r in zip(examples, results)]
     return scores, rows
 
@@ -72,6 +74,8 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
         scores = score([a.answer for a in answers], [e["output"] for e in examples], symmetric)
         scores.pop("per_relation")
         scores["stopped_rate"] = sum(a.finish_reason == "stop" for a in answers) / max(1, len(answers))
+        scores["examples"] = len(examples)
+        scores["decoding"] = f"endpoint {base_url}, greedy, {concurrency} concurrent"
         metrics[split] = _rounded(scores)
         print(f"endpoint  {split:8s} strict F1 {metrics[split]['strict_f1']:.4f}  "
               f"unordered F1 {metrics[split]['unordered_f1']:.4f}  exact {metrics[split]['exact_match']:.4f}")
