@@ -169,6 +169,9 @@ def test_a_gguf_file_loads_as_the_base(tmp_path, tiny_params):
     assert tok.eos_token == "<|im_end|>"
     provenance = json.loads((out / "relsft_base.json").read_text())
     assert provenance["source"] == "gguf" and len(provenance["sha256"]) == 64
+    # a plain float model: the trainer refuses one whose config still names the GGUF quantization
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert getattr(converted, "hf_quantizer", None) is None
 
 
 def _relsft(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -206,14 +206,20 @@ def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_pr
     out = tmp_path / "endpoint.json"
     run(["relsft", "evaluate", "--endpoint", server.base_url, "--api-key", API_KEY, "--out", str(out)],
         pipeline_project, timeout=600)
-    served = json.loads(out.read_text())["endpoint"]
+    result = json.loads(out.read_text())
+    served = result["endpoint"]
     assert (pipeline_project / "metrics" / "eval.json").read_bytes() == stage_metrics  # not overwritten
+    # answer by answer against the evaluate stage's own predictions (base + adapter, in-process)
+    for split, check in result["parity"].items():
+        assert check["compared"] == tiny_params["generate"]["sizes"][split] and check["differ"] == [], split
 
     model, tok = load_for_inference(served_model)
     symmetric = symmetric_relations(pipeline_project / "data")
     local, _ = evaluate_model(model, tok, examples, symmetric, tiny_params["evaluate"], desc="in-process test")
     local.pop("per_relation")
-    assert served["test"] == _rounded(local)
+    local = _rounded(local)
+    assert served["test"].pop("decoding").startswith("endpoint") and local.pop("decoding").startswith("transformers")
+    assert served["test"] == local
     assert served["test"]["parse_failure_rate"] < 1  # a real comparison, not two empty answer sets
 
 

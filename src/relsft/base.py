@@ -192,7 +192,11 @@ def load_pretrained(cfg: dict[str, Any]):
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype)
     if gguf_file:
-        model.hf_quantizer = None  # dequantised on load; save_pretrained refuses a model that claims a quantizer
+        # Dequantised on load: save_pretrained refuses a model that claims a quantizer, and a saved
+        # quantization_config would make the trainer refuse it ("GGUF does not support training").
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     use_chat_template(tok, cfg.get("chat_template", "chatml"))
     if tok.pad_token is None:
         tok.pad_token = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else end_of_turn(tok)

@@ -67,7 +67,7 @@ def cmd_evaluate(args, params):
         from .evaluate import evaluate_endpoint
 
         evaluate_endpoint(args.endpoint, args.api_key, args.model_name, args.datasets, args.data,
-                          args.out, params["evaluate"], concurrency=args.concurrency)
+                          args.out, params["evaluate"], concurrency=args.concurrency, reports_dir=args.reports)
         return
     run_evaluate(args.base, args.adapter, args.datasets, args.data, args.metrics, args.reports, params["evaluate"])
 

@@ -57,9 +57,20 @@ def evaluate_model(model, tok, examples: list[dict[str, Any]], symmetric: list[s
     return scores, rows
 
 
+def same_as_inprocess(predictions: Path, examples: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
+    """Served answers against the evaluate stage's own (reports/eval/predictions/finetuned_<split>.jsonl)."""
+    inprocess = {r["id"]: r["answer"] for r in read_jsonl(predictions)}
+    compared = [(e, a) for e, a in zip(examples, answers) if e["id"] in inprocess]
+    differ = [{"id": e["id"], "inprocess": inprocess[e["id"]], "served": a} for e, a in compared if a != inprocess[e["id"]]]
+    return {"compared": len(compared), "identical": len(compared) - len(differ), "differ": differ}
+
+
 def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_dir: str | Path, data_dir: str | Path,
-                      metrics_path: str | Path, cfg: dict[str, Any], concurrency: int = 8) -> dict[str, Any]:
-    """Score a served model (OpenAI chat API, e.g. `relsft serve`) with the same splits and scoring code."""
+                      metrics_path: str | Path, cfg: dict[str, Any], concurrency: int = 8,
+                      reports_dir: str | Path | None = None) -> dict[str, Any]:
+    """Score a served model (OpenAI chat API, e.g. `relsft serve`) with the same splits and scoring code.
+    Where the evaluate stage's predictions are in `reports_dir`, each served answer is also compared
+    with the in-process one (`parity` in the metrics file): the served export should answer alike."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .client import RelationClient
@@ -67,10 +78,16 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
     client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"])
     symmetric = symmetric_relations(data_dir)
     metrics: dict[str, Any] = {}
+    parity: dict[str, Any] = {}
     for split in cfg["splits"]:
         examples = load_split(dataset_dir, split, cfg["max_examples"])
         with ThreadPoolExecutor(concurrency) as pool:  # the server batches concurrent requests
             answers = list(pool.map(client.extract, [e["text"] for e in examples]))
+        predictions = Path(reports_dir or "", "predictions", f"finetuned_{split}.jsonl")
+        if reports_dir and predictions.exists():
+            parity[split] = same_as_inprocess(predictions, examples, [a.answer for a in answers])
+            print(f"endpoint  {split:8s} answers identical to in-process: {parity[split]['identical']}"
+                  f"/{parity[split]['compared']}")
         scores = score([a.answer for a in answers], [e["output"] for e in examples], symmetric)
         scores.pop("per_relation")
         scores["stopped_rate"] = sum(a.finish_reason == "stop" for a in answers) / max(1, len(answers))
@@ -79,7 +96,7 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
         metrics[split] = _rounded(scores)
         print(f"endpoint  {split:8s} strict F1 {metrics[split]['strict_f1']:.4f}  "
               f"unordered F1 {metrics[split]['unordered_f1']:.4f}  exact {metrics[split]['exact_match']:.4f}")
-    write_json(metrics_path, {"endpoint": metrics})
+    write_json(metrics_path, {"endpoint": metrics, **({"parity": parity} if parity else {})})
     return metrics
 
 
