@@ -35,7 +35,7 @@ TINY = {
     "generate": {"sizes": {"train": 400, "val": 24, "test": 24, "test_ood": 24}},
     "train": {"max_steps": 40, "batch_size": 8, "logging_steps": 5, "eval_steps": 20, "save_steps": 20,
               "learning_rate": 0.005, "warmup_ratio": 0.0, "lora": {"r": 8, "alpha": 16}},
-    "evaluate": {"max_new_tokens": 32, "batch_size": 24},
+    "evaluate": {"max_new_tokens": 32, "batch_size": 24, "max_examples": 24},  # the first 24 of gold too
     "merge": {"parity_examples": 24, "batch_size": 24},
 }
 

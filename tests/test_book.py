@@ -31,6 +31,7 @@ from relsft.relations import INSTRUCTION
 from relsft.serve import ServeSettings, VLLMServer, free_port
 
 SYMMETRIC = {"好友", "夫妻", "敌对"}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def texts(sentences):
@@ -454,3 +455,29 @@ def test_killed_run_resumes_with_only_the_missing_passages(book_server, book_dir
     whole = tmp_path / "uninterrupted"
     cli(extract_book_cmd(book_server, book_dir, whole, "--concurrency", "4"), bare)
     assert (tmp_path / "resumed" / "graph.json").read_bytes() == (whole / "graph.json").read_bytes()
+
+
+def test_hongloumeng_checklist_and_checker(raw_data_dir):
+    """The demo's hand-checked list uses the vocabulary, and the checker honours direction and aliases."""
+    sys.path.insert(0, str(ROOT / "examples" / "hongloumeng"))
+    try:
+        from check import check, listed_relations
+    finally:
+        sys.path.pop(0)
+    from relsft.rawdata import load_raw
+
+    rows = listed_relations()
+    assert len(rows) >= 15 and {r["relation"] for r in rows} <= set(load_raw(raw_data_dir).relations)
+    assert len({(r["a"][0], r["b"][0], r["relation"]) for r in rows}) == len(rows)
+
+    def graph(*edges):
+        return {"nodes": [], "edges": [{"source": s, "target": t, "relation": r, "symmetric": sym}
+                                       for s, t, r, sym in edges]}
+
+    def recovered(*edges):
+        return {f["pair"] for f in check(graph(*edges), rows)["relations"] if f["recovered"]}
+
+    assert recovered(("如海", "黛玉", "父女", False)) == {"林如海-黛玉:父女"}      # an alias
+    assert recovered(("黛玉", "林如海", "父女", False)) == set()                  # direction matters
+    assert recovered(("封氏", "甄士隐", "夫妻", True)) == {"甄士隐-封氏:夫妻"}    # symmetric: either order
+    assert recovered(("林如海", "黛玉", "母女", False)) == set()                  # the label must agree

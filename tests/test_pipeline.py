@@ -59,7 +59,12 @@ def test_metrics_have_both_models_and_splits(project):
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert set(metrics) == {"finetuned", "base"}
     for model in metrics.values():
-        assert set(model) == {"test", "test_ood"}
+        assert set(model) == {"test", "test_ood", "gold"}
+        # gold: the first evaluate.max_examples hand-written passages, F1 per phenomenon beside the total
+        assert model["gold"]["examples"] == TINY["evaluate"]["max_examples"]
+        tags = model["gold"]["phenomena"]
+        assert "no_relation" in tags and 0 <= tags["no_relation"]["empty_answer_rate"] <= 1
+        assert all(0 <= v["f1"] <= 1 and v["passages"] >= 1 for t, v in tags.items() if t != "no_relation")
         for m in model.values():
             for key in ("strict_f1", "unordered_f1", "exact_match", "parse_failure_rate", "rougeL", "stopped_rate"):
                 assert 0.0 <= m[key] <= 1.0
@@ -86,7 +91,7 @@ def test_metrics_agree_with_the_parser_clients_use(project):
 
     metrics = json.loads((project / "metrics/eval.json").read_text())
     for name in ("finetuned", "base"):
-        for split in ("test", "test_ood"):
+        for split in ("test", "test_ood", "gold"):
             rows = list(read_jsonl(project / f"reports/eval/predictions/{name}_{split}.jsonl"))
             tp = n_pred = n_gold = failed = 0
             for r in rows:

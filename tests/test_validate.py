@@ -28,7 +28,7 @@ def append(path, line):
 def test_clean_data_passes_and_builds_data_docs(tmp_path, raw_data_dir, tiny_params):
     data, ds = make(tmp_path, raw_data_dir, tiny_params)
     summary = validate(data, ds, tmp_path / "docs", tmp_path / "validation.json", tiny_params["validate"])
-    assert set(summary) == {"train", "val", "test", "test_ood"}
+    assert set(summary) == {"train", "val", "test", "test_ood", "gold"}
     assert all(s["passed"] == s["expectations"] > 10 for s in summary.values())
     assert json.loads((tmp_path / "validation.json").read_text()) == summary
     index = (tmp_path / "docs" / "index.html").read_text(encoding="utf-8")
@@ -55,6 +55,43 @@ BAD_ROWS = {
         lambda d: append(d / "templates.tsv", "train\trole\t徒弟\t{y}收{x}入门,师徒关系牢固。"),
         ["the labelled relation word occurs in the text", "train", "徒弟"]),
 }
+
+
+def first_gold(d):
+    return json.loads((d / "gold.jsonl").read_text(encoding="utf-8").splitlines()[0])
+
+
+def first_gold_with_relation(d):
+    return next(r for r in map(json.loads, (d / "gold.jsonl").read_text(encoding="utf-8").splitlines()) if r["output"])
+
+
+def train_on(d, text, output):
+    append(d / "annotated.jsonl", json.dumps({"text": text, "output": output}, ensure_ascii=False))
+
+
+def rewrite_first_gold(d, **changes):
+    lines = (d / "gold.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), **changes}, ensure_ascii=False)
+    (d / "gold.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# The gold split is never trained on: an annotated passage (it goes into train) may share neither
+# a gold text nor a gold pair of names.
+BAD_ROWS.update({
+    "gold text in train": (
+        lambda d: train_on(d, "他想起一件旧事。" + first_gold_with_relation(d)["text"], first_gold_with_relation(d)["output"]),
+        ["gold: ", "no train text contains a gold text", "1 unexpected"]),
+    "gold pair of names in train": (
+        lambda d: train_on(d, "{0}与{1}是好友。".format(*first_gold_with_relation(d)["output"].split(":")[0].split("-")),
+                           first_gold_with_relation(d)["output"].split(":")[0] + ":好友"),
+        ["gold: ", "no gold pair of names is a pair in train", "1 unexpected"]),
+    "gold tag outside the list": (
+        lambda d: rewrite_first_gold(d, phenomena=["metaphor"]),
+        ["gold: ", "phenomena are tags of", "metaphor"]),
+    "gold empty answer without no_relation": (
+        lambda d: rewrite_first_gold(d, output="", phenomena=["dialogue"]),
+        ["gold: ", "the output is empty exactly where the passage is tagged no_relation"]),
+})
 
 
 @pytest.mark.parametrize("kind", list(BAD_ROWS))

@@ -34,9 +34,29 @@ def symmetric_relations(data_dir: str | Path) -> list[str]:
     return sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
 
 
-def load_split(dataset_dir: str | Path, split: str, max_examples: int = 0) -> list[dict[str, Any]]:
-    """A generated split, cut to its first `max_examples` (0: all of it)."""
-    return list(read_jsonl(Path(dataset_dir) / f"{split}.jsonl"))[: max_examples or None]
+def load_split(dataset_dir: str | Path, split: str, max_examples: int = 0,
+               data_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """A generated split (datasets/), else a hand-labelled one (data/<split>.jsonl, e.g. gold), cut to
+    its first `max_examples` (0: all of it)."""
+    path = Path(dataset_dir) / f"{split}.jsonl"
+    if data_dir is not None and not path.exists():
+        path = Path(data_dir) / f"{split}.jsonl"
+    return list(read_jsonl(path))[: max_examples or None]
+
+
+def per_phenomenon(examples: list[dict[str, Any]], answers: list[str], symmetric: list[str]) -> dict[str, Any]:
+    """Strict F1 on the passages of each phenomenon tag (gold split); for `no_relation` passages,
+    whose answer should be empty, the share that was."""
+    tags = sorted({t for e in examples for t in e.get("phenomena", [])})
+    out: dict[str, Any] = {}
+    for tag in tags:
+        idx = [i for i, e in enumerate(examples) if tag in e.get("phenomena", [])]
+        if tag == "no_relation":
+            value = sum(not answers[i].strip() for i in idx) / len(idx)
+        else:
+            value = score([answers[i] for i in idx], [examples[i]["output"] for i in idx], symmetric)["strict_f1"]
+        out[tag] = {"f1" if tag != "no_relation" else "empty_answer_rate": round(value, 4), "passages": len(idx)}
+    return out
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +72,8 @@ def evaluate_model(model, tok, examples: list[dict[str, Any]], symmetric: list[s
     scores = score([r["answer"] for r in results], [e["output"] for e in examples], symmetric)
     scores["stopped_rate"] = sum(r["stopped"] for r in results) / max(1, len(results))
     scores["examples"] = len(examples)  # a recipe may score a fixed subset (evaluate.max_examples)
+    if any("phenomena" in e for e in examples):
+        scores["phenomena"] = per_phenomenon(examples, [r["answer"] for r in results], symmetric)
     scores["decoding"] = f"transformers generate, greedy, batch {cfg['batch_size']}, {model.device.type}"
     rows = [{"id": e["id"], "text": e["text"], "gold": e["output"], **r} for e, r in zip(examples, results)]
     return scores, rows
@@ -80,7 +102,7 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
     metrics: dict[str, Any] = {}
     parity: dict[str, Any] = {}
     for split in cfg["splits"]:
-        examples = load_split(dataset_dir, split, cfg["max_examples"])
+        examples = load_split(dataset_dir, split, cfg["max_examples"], data_dir)
         with ThreadPoolExecutor(concurrency) as pool:  # the server batches concurrent requests
             answers = list(pool.map(client.extract, [e["text"] for e in examples]))
         predictions = Path(reports_dir or "", "predictions", f"finetuned_{split}.jsonl")
@@ -90,6 +112,8 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
                   f"/{parity[split]['compared']}")
         scores = score([a.answer for a in answers], [e["output"] for e in examples], symmetric)
         scores.pop("per_relation")
+        if any("phenomena" in e for e in examples):
+            scores["phenomena"] = per_phenomenon(examples, [a.answer for a in answers], symmetric)
         scores["stopped_rate"] = sum(a.finish_reason == "stop" for a in answers) / max(1, len(answers))
         scores["examples"] = len(examples)
         scores["decoding"] = f"endpoint {base_url}, greedy, {concurrency} concurrent"
@@ -100,17 +124,24 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
     return metrics
 
 
-def log_per_relation_plots(reports_dir: Path, rows: list[dict[str, Any]], splits: list[str]) -> None:
-    """The fine-tuned model's per-relation F1, one DVCLive bar plot per split (`dvc plots show`)."""
+def log_plots(reports_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """The fine-tuned model's per-relation F1, one DVCLive bar plot per split, and its F1 per phenomenon
+    on each split that tags them (gold) (`dvc plots show`)."""
     from dvclive import Live
 
     live = Live(dir=str(reports_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-    for split in splits:
+    for split in metrics["finetuned"]:
         live.log_plot(f"per_relation_f1_{split}",
                       [{k: r[k] for k in ("relation", "f1", "support")} for r in rows
                        if r["model"] == "finetuned" and r["split"] == split],
                       x="f1", y="relation", template="bar_horizontal",
                       title=f"Per-relation F1 of the fine-tuned model ({split})")
+        if "phenomena" in metrics["finetuned"][split]:
+            live.log_plot(f"per_phenomenon_f1_{split}",
+                          [{"phenomenon": tag, "score": next(iter(v.values())), "passages": v["passages"]}
+                           for tag, v in metrics["finetuned"][split]["phenomena"].items()],
+                          x="score", y="phenomenon", template="bar_horizontal",
+                          title=f"Strict F1 per phenomenon ({split}; no_relation = share of empty answers)")
 
 
 def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str | Path, data_dir: str | Path,
@@ -118,7 +149,7 @@ def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str
     from .generation import load_for_inference
 
     symmetric = symmetric_relations(data_dir)
-    splits = {s: load_split(dataset_dir, s, cfg["max_examples"]) for s in cfg["splits"]}
+    splits = {s: load_split(dataset_dir, s, cfg["max_examples"], data_dir) for s in cfg["splits"]}
     models = {"finetuned": (base_dir, adapter_dir)}
     if cfg["include_base"]:
         models["base"] = (base_dir, None)
@@ -136,7 +167,7 @@ def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str
             with atomic_file(reports_dir / "predictions" / f"{name}_{split}.jsonl") as f:
                 f.writelines(jsonl_line(r) for r in rows)
     write_json(metrics_path, metrics)
-    log_per_relation_plots(reports_dir, per_relation_rows, list(splits))
+    log_plots(reports_dir, per_relation_rows, metrics)
     for name, by_split in metrics.items():
         for split, m in by_split.items():
             print(f"{name:9s} {split:8s} strict F1 {m['strict_f1']:.4f}  unordered F1 {m['unordered_f1']:.4f}  "

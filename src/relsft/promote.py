@@ -69,7 +69,11 @@ class ScoringData:
     evaluate: dict[str, Any]
 
     def md5(self, splits: list[str]) -> dict[str, str]:
-        return {s: hashlib.md5((self.datasets / f"{s}.jsonl").read_bytes()).hexdigest() for s in splits}
+        return {s: hashlib.md5(self.split_path(s).read_bytes()).hexdigest() for s in splits}
+
+    def split_path(self, split: str) -> Path:  # as evaluate.load_split finds it: datasets/, else data/ (gold)
+        path = self.datasets / f"{split}.jsonl"
+        return path if path.exists() else self.data / f"{split}.jsonl"
 
 
 def score_model(model_dir: str | Path, on: ScoringData, splits: list[str], metric: str = "strict_f1") -> dict[str, float]:
@@ -81,7 +85,7 @@ def score_model(model_dir: str | Path, on: ScoringData, splits: list[str], metri
     symmetric = symmetric_relations(on.data)
     out = {}
     for split in splits:
-        examples = load_split(on.datasets, split, on.evaluate.get("max_examples", 0))
+        examples = load_split(on.datasets, split, on.evaluate.get("max_examples", 0), on.data)
         scores, _ = evaluate_model(model, tok, examples, symmetric, on.evaluate, desc=f"gate {Path(model_dir).name} {split}")
         out[split] = round(float(scores[metric]), 4)
     return out

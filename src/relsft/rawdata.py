@@ -16,7 +16,14 @@ from pathlib import Path
 
 FILES = (
     "relations.tsv", "templates.tsv", "openers.txt", "adverbs.txt", "distractors.txt", "surnames.txt", "given_chars.txt",
-    "annotated.jsonl",
+    "annotated.jsonl", "gold.jsonl",
+)
+# The hand-written gold split (data/gold.jsonl): scored by evaluate, never trained on (validate checks).
+GOLD_SPLIT = "gold"
+PHENOMENA = (
+    "leading_clause", "trailing_clause", "pronoun", "title_reference", "kinship_word", "role_verb", "apposition",
+    "two_in_one", "across_sentences", "dialogue", "distractor_names", "no_relation", "oov_relation",
+    "name_1char", "name_2char", "name_3char", "name_4char", "compound_surname", "rare_char",
 )
 PLACEHOLDER_RE = re.compile(r"\{(\w*)\}")
 TEMPLATE_FIELDS = {"x", "y", "r"}

@@ -24,12 +24,14 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 
 from .generate import SPLITS  # noqa: E402
 from .io import atomic_dir, write_json  # noqa: E402
-from .rawdata import load_raw  # noqa: E402
+from .rawdata import GOLD_SPLIT, PHENOMENA, load_raw  # noqa: E402
 from .relations import LINE_RE, parse_output  # noqa: E402
 
 KEYS = "id,output,text"
+GOLD_KEYS = "genre,id,output,phenomena,text"
 _LINE = LINE_RE.pattern.strip("^$")
 OUTPUT_RE = rf"\A{_LINE}(?:\n{_LINE})*\Z"  # GX uses re.search, so anchor the whole value
+GOLD_OUTPUT_RE = rf"\A(?:{_LINE}(?:\n{_LINE})*)?\Z"  # a gold passage may state no relation: ""
 RESULT_FORMAT = {"result_format": "SUMMARY", "unexpected_index_column_names": ["id"], "partial_unexpected_count": 20}
 SHOWN = 3
 
@@ -60,8 +62,28 @@ def load_split(path: Path) -> pd.DataFrame:
                 continue
             # A non-string value counts as missing; the not-null checks then name the row.
             row = {k: rec.get(k) if isinstance(rec.get(k), str) else None for k in ("id", "text", "output")}
+            tags = rec.get("phenomena")
+            row["phenomena"] = ",".join(tags) if isinstance(tags, list) and all(isinstance(t, str) for t in tags) \
+                else None if tags is None else "<not a list of strings>"
             rows.append({**row, "check_keys": ",".join(sorted(rec))})
-    return pd.DataFrame(rows, columns=["id", "text", "output", "check_keys"], dtype=object)
+    return pd.DataFrame(rows, columns=["id", "text", "output", "phenomena", "check_keys"], dtype=object)
+
+
+def derive_gold(df: pd.DataFrame, train_texts: set[str], train_pairs: set[frozenset[str]]) -> None:
+    """The gold split's own checks: known phenomenon tags, `no_relation` exactly where the output is
+    empty, and nothing of train in it: no text of train contains a gold text, no gold pair of names
+    is a pair of any train answer."""
+    train_blob = "\n".join(train_texts)
+    tags, empty, in_train, pairs = [], [], [], []
+    for text, output, phenomena in zip(df["text"], df["output"], df["phenomena"]):
+        listed = (phenomena or "").split(",") if phenomena else []
+        tags.append(_nonempty([t for t in listed if t not in PHENOMENA]) or (None if listed else "<no tag>"))
+        empty.append(None if (output == "") == ("no_relation" in listed) else f"output {output!r}")
+        in_train.append(text if text and text in train_blob else None)
+        rels = parse_output(output or "").relations
+        pairs.append(_nonempty([r.line() for r in rels if frozenset((r.a, r.b)) in train_pairs]))
+    df["check_phenomena"], df["check_no_relation"] = tags, empty
+    df["check_text_in_train"], df["check_pair_in_train"] = in_train, pairs
 
 
 def derive(df: pd.DataFrame, vocabulary: set[str], train_texts: set[str] | None, train_chars: set[str] | None) -> None:
@@ -92,6 +114,8 @@ def expectations(split: str, params: dict[str, Any]) -> list[gxe.Expectation]:
     def why(cls: type[gxe.Expectation], description: str, **kw: Any) -> gxe.Expectation:
         return cls(description=description, **kw)
 
+    if split == GOLD_SPLIT:
+        return gold_expectations(why, params)
     ex = [why(gxe.ExpectColumnValuesToBeInSet, "each line is a JSON object with exactly id, text, output",
               column="check_keys", value_set=[KEYS])]
     ex += [why(gxe.ExpectColumnValuesToNotBeNull, f"{col} is present and a string", column=col)
@@ -116,6 +140,33 @@ def expectations(split: str, params: dict[str, Any]) -> list[gxe.Expectation]:
     if split == "test_ood":
         ex.append(why(gxe.ExpectColumnValuesToBeNull, "names share no character with train names",
                       column="check_train_name_chars"))
+    return ex
+
+
+def gold_expectations(why, params: dict[str, Any]) -> list[gxe.Expectation]:
+    """Hand-written passages: relation words may be implied (父亲 -> 父女) and the answer may be empty."""
+    ex = [why(gxe.ExpectColumnValuesToBeInSet, "each line is a JSON object with exactly genre, id, output, "
+              "phenomena, text", column="check_keys", value_set=[GOLD_KEYS])]
+    ex += [why(gxe.ExpectColumnValuesToNotBeNull, f"{col} is present and a string", column=col)
+           for col in ("id", "text", "output")]
+    ex += [
+        why(gxe.ExpectColumnValueLengthsToBeBetween, f"text has 1-{params['max_text_chars']} characters",
+            column="text", min_value=1, max_value=params["max_text_chars"]),
+        why(gxe.ExpectColumnValuesToBeBetween, f"output has 0-{params['max_output_lines']} lines",
+            column="check_output_lines", min_value=0, max_value=params["max_output_lines"]),
+        why(gxe.ExpectColumnValuesToMatchRegex, "every output line is `A-B:rel` (or the output is empty)",
+            column="output", regex=GOLD_OUTPUT_RE),
+        why(gxe.ExpectColumnValuesToBeNull, "relations are in relations.tsv", column="check_unknown_relations"),
+        why(gxe.ExpectColumnValuesToBeNull, "every labelled name occurs in the text", column="check_names_not_in_text"),
+        why(gxe.ExpectColumnValuesToBeNull, f"phenomena are tags of {', '.join(PHENOMENA)}",
+            column="check_phenomena"),
+        why(gxe.ExpectColumnValuesToBeNull, "the output is empty exactly where the passage is tagged no_relation",
+            column="check_no_relation"),
+        why(gxe.ExpectColumnValuesToBeNull, "no train text contains a gold text", column="check_text_in_train"),
+        why(gxe.ExpectColumnValuesToBeNull, "no gold pair of names is a pair in train", column="check_pair_in_train"),
+        why(gxe.ExpectColumnValuesToBeUnique, "ids are unique", column="id"),
+        why(gxe.ExpectColumnValuesToBeUnique, "texts are unique", column="text"),
+    ]
     return ex
 
 
@@ -153,14 +204,22 @@ def validate(data_dir: str | Path, dataset_dir: str | Path, docs_dir: str | Path
         source = context.data_sources.add_pandas("relsft")
         train_texts: set[str] | None = None
         train_chars: set[str] | None = None
-        for split in SPLITS:  # train first: the others are checked against it
-            df = load_split(Path(dataset_dir) / f"{split}.jsonl")
+        train_pairs: set[frozenset[str]] = set()
+        gold = Path(data_dir) / f"{GOLD_SPLIT}.jsonl"
+        paths = {split: Path(dataset_dir) / f"{split}.jsonl" for split in SPLITS}
+        paths.update({GOLD_SPLIT: gold} if gold.exists() else {})
+        for split, path in paths.items():  # train first: the others are checked against it
+            df = load_split(path)
             derive(df, vocabulary, train_texts, train_chars if split == "test_ood" else None)
+            if split == GOLD_SPLIT:
+                derive_gold(df, train_texts or set(), train_pairs)
             if split == "train":
                 # Only sets survive the split; the frame itself is dropped before the next one.
                 train_texts = set(df["text"].dropna())
-                train_chars = {c for out in df["output"].dropna() for r in parse_output(out).relations
-                               for c in r.a + r.b}
+                train_rels = [r for out in df["output"].dropna() for r in parse_output(out).relations]
+                train_chars = {c for r in train_rels for c in r.a + r.b}
+                train_pairs = {frozenset((r.a, r.b)) for r in train_rels}
+                del train_rels
             batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe(split)
             suite = context.suites.add(gx.ExpectationSuite(name=split, expectations=expectations(split, params)))
             vd = context.validation_definitions.add(gx.ValidationDefinition(name=split, data=batch, suite=suite))
