@@ -169,11 +169,11 @@ def test_bad_rows_stop_at_validate_and_keep_the_exported_model(project):
     export = project / "export/relsft-model"
     before = tree_digest(export)
     data = project / "data"
-    saved = {p.name: p.read_bytes() for p in data.iterdir()}
+    saved = {p.relative_to(data): p.read_bytes() for p in data.rglob("*") if p.is_file()}
     # `dvc repro` records the changed data source in data.dvc before validate runs; restore both.
     tracked = (project / "data.dvc").read_bytes()
     try:
-        with (data / "annotated.jsonl").open("a", encoding="utf-8") as f:
+        with (data / "annotated" / "examples.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({"text": "韩立与紫灵是朋友。", "output": "韩立-紫灵:朋友"}, ensure_ascii=False) + "\n")
             f.write(json.dumps({"text": "萧炎与林动是好友。", "output": "萧炎林动好友"}, ensure_ascii=False) + "\n")
         with (data / "templates.tsv").open("a", encoding="utf-8") as f:

@@ -37,16 +37,16 @@ def test_clean_data_passes_and_builds_data_docs(tmp_path, raw_data_dir, tiny_par
 
 BAD_ROWS = {
     "relation outside the vocabulary": (
-        lambda d: append(d / "annotated.jsonl", json.dumps({"text": "韩立与紫灵是朋友。", "output": "韩立-紫灵:朋友"},
+        lambda d: append(d / "annotated" / "examples.jsonl", json.dumps({"text": "韩立与紫灵是朋友。", "output": "韩立-紫灵:朋友"},
                                                            ensure_ascii=False)),
         ["relations are in relations.tsv", "train", "1 unexpected", "朋友"]),
     "malformed output line": (
-        lambda d: append(d / "annotated.jsonl", json.dumps({"text": "萧炎与林动是好友。", "output": "萧炎林动好友"},
+        lambda d: append(d / "annotated" / "examples.jsonl", json.dumps({"text": "萧炎与林动是好友。", "output": "萧炎林动好友"},
                                                            ensure_ascii=False)),
         ["every output line is `A-B:rel`", "train", "1 unexpected", "萧炎林动好友"]),
     "line that is not JSON": (
-        lambda d: append(d / "annotated.jsonl", "萧炎与林动是好友 -> 萧炎-林动:好友"),
-        ["output is not empty", "train"]),
+        lambda d: append(d / "annotated" / "examples.jsonl", "萧炎与林动是好友 -> 萧炎-林动:好友"),
+        ["annotated/examples.jsonl:8: not JSON"]),
     "template whose names do not appear": (
         lambda d: append(d / "templates.tsv", "train\tpair\t*\t他们二人是{r}关系。"),
         ["every labelled name occurs in the text", "train", "unexpected row(s)"]),
@@ -66,7 +66,7 @@ def first_gold_with_relation(d):
 
 
 def train_on(d, text, output):
-    append(d / "annotated.jsonl", json.dumps({"text": text, "output": output}, ensure_ascii=False))
+    append(d / "annotated" / "examples.jsonl", json.dumps({"text": text, "output": output}, ensure_ascii=False))
 
 
 def rewrite_first_gold(d, **changes):

@@ -23,7 +23,8 @@ from typing import Any
 from tqdm import tqdm
 
 from .io import atomic_file, jsonl_line, write_json
-from .rawdata import RawData, RawDataError, Template, load_raw, parse_annotated
+from .annotated import load_annotated, repeats
+from .rawdata import RawData, RawDataError, Template, load_raw
 from .relations import INSTRUCTION
 
 SPLITS = ("train", "val", "test", "test_ood")
@@ -44,7 +45,7 @@ def name_pools(raw: RawData, ood_fraction: float, seed: int) -> dict[str, NamePo
     the annotated passages, which all go to train.
     """
     reserved = set(raw.fixed_text()) | set(INSTRUCTION) | {c for t in raw.templates for c in t.text}
-    annotated_chars = set("".join(raw.annotated))
+    annotated_chars = {c for r in raw.annotated for c in r.text + r.output}
     rng = random.Random(f"{seed}:pools")
     surnames = [s for s in raw.surnames if not set(s) & reserved]
     rng.shuffle(surnames)
@@ -88,7 +89,7 @@ def check_ood_wording(raw: RawData) -> None:
     name ("岑馈互" from "...与岑馈互为..."): such a template would measure the vocabulary, not
     generalisation to new sentence structures.
     """
-    seen = set(raw.fixed_text()) | set(INSTRUCTION) | {c for a in raw.annotated for c in parse_annotated(a)["text"]}
+    seen = set(raw.fixed_text()) | set(INSTRUCTION) | {c for r in raw.annotated for c in r.text}
     for t in (t for t in raw.templates if t.split == "ood"):
         unseen = sorted(set(t.text.format(x="", y="", r="")) - seen)
         if unseen:
@@ -198,9 +199,13 @@ def generate(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any]) 
                 f.write(jsonl_line({"id": f"{split}-{i:07d}", **ex}))
             extra = 0
             if split == "train":
-                for j, line in enumerate(raw.annotated):
-                    f.write(jsonl_line({"id": f"annotated-{j:05d}", **parse_annotated(line)}))
-                    extra += 1
+                # Unreadable records pass through (output empty) for validate to report with file and line.
+                records = load_annotated(data_dir, params.get("relation_map"))
+                for k in range(repeats(len(records), n, params.get("annotated_share", 0.0))):
+                    for j, r in enumerate(records):
+                        row_id = f"annotated-{j:05d}" + (f".{k}" if k else "")  # .k: the k-th repeat
+                        f.write(jsonl_line({"id": row_id, "text": r.text, "output": "" if r.problem else r.output}))
+                        extra += 1
         counts[split] = n + extra
     write_json(out_dir / "stats.json", {"examples": counts, "pools": {
         k: {"surnames": len(p.surnames), "given_chars": len(p.given)} for k, p in gen.pools.items()}})

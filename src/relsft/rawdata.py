@@ -7,16 +7,17 @@ so a fresh clone without a reachable DVC remote still matches data.dvc (`dvc sta
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .annotated import Record, load_annotated
+
 FILES = (
     "relations.tsv", "templates.tsv", "openers.txt", "adverbs.txt", "distractors.txt", "surnames.txt", "given_chars.txt",
-    "annotated.jsonl", "gold.jsonl",
+    "annotated/examples.jsonl", "gold.jsonl",
 )
 # The hand-written gold split (data/gold.jsonl): scored by evaluate, never trained on (validate checks).
 GOLD_SPLIT = "gold"
@@ -60,7 +61,7 @@ class RawData:
     distractors: list[str]
     surnames: list[str]
     given_chars: list[str]
-    annotated: list[str]  # raw lines, passed through for validate to judge
+    annotated: list[Record]  # data/annotated/ (relsft.annotated), passed through for validate to judge
 
     def fixed_text(self) -> str:
         """Every text the project writes itself (no names): what the tokenizer is trained on."""
@@ -123,20 +124,12 @@ def load_raw(data_dir: str | Path) -> RawData:
 
     surnames = [s for _, line in _lines(d / "surnames.txt") for s in line.split()]
     given = [c for _, line in _lines(d / "given_chars.txt") for c in line.strip()]
-    annotated = [line for _, line in _lines(d / "annotated.jsonl")]
+    if (d / "annotated.jsonl").exists():
+        raise RawDataError(f"{d / 'annotated.jsonl'}: annotated passages live in {d / 'annotated'}/ now (any number "
+                           f"of .jsonl/.json files); move it there: mkdir -p {d / 'annotated'} && "
+                           f"mv {d / 'annotated.jsonl'} {d / 'annotated'}/")
+    annotated = load_annotated(d)
     return RawData(relations, templates, openers, adverbs, distractors, surnames, list(dict.fromkeys(given)), annotated)
-
-
-def parse_annotated(line: str) -> dict[str, str]:
-    """Annotated passages pass through as they are; a line that is not a JSON object with string
-    `text` and `output` is kept verbatim (output empty) so that validate reports it with the rest."""
-    try:
-        rec = json.loads(line)
-        if isinstance(rec, dict) and isinstance(rec.get("text"), str) and isinstance(rec.get("output"), str):
-            return {"text": rec["text"], "output": rec["output"]}
-    except json.JSONDecodeError:
-        pass
-    return {"text": line, "output": ""}
 
 
 def default_files():
@@ -151,6 +144,7 @@ def init_data(data_dir: str | Path = "data", force: bool = False) -> list[Path]:
     for name in FILES:
         src, dst = default_files() / name, d / name
         data = src.read_bytes()
+        dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.exists() and dst.read_bytes() != data and not force:
             kept.append(dst)
             continue

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
+from .annotated import load_annotated  # noqa: E402
 from .generate import SPLITS  # noqa: E402
 from .io import atomic_dir, write_json  # noqa: E402
 from .rawdata import GOLD_SPLIT, PHENOMENA, load_raw  # noqa: E402
@@ -88,13 +89,16 @@ def derive_gold(df: pd.DataFrame, train_texts: set[str], train_pairs: set[frozen
 
 def derive(df: pd.DataFrame, vocabulary: set[str], train_texts: set[str] | None, train_chars: set[str] | None) -> None:
     """Add the check_* columns in place; each is null where the row passes."""
-    unknown, rel_missing, names_missing, n_lines, in_train, shared = [], [], [], [], [], []
-    for text, output in zip(df["text"], df["output"]):
+    unknown, rel_missing, names_missing, n_lines, in_train, shared, once = [], [], [], [], [], [], []
+    for row_id, text, output in zip(df["id"], df["text"], df["output"]):
         text, output = text or "", output or ""
         rels = parse_output(output).relations  # malformed lines are the regex check's to report
         names = [n for r in rels for n in (r.a, r.b)]
         unknown.append(_nonempty([r.rel for r in rels if r.rel not in vocabulary]))
-        rel_missing.append(_nonempty([r.rel for r in rels if r.rel not in text]))
+        # A template must say the relation it labels; a person's annotation may imply it (父亲 -> 父女).
+        annotated = str(row_id).startswith("annotated-")
+        rel_missing.append(None if annotated else _nonempty([r.rel for r in rels if r.rel not in text]))
+        once.append(None if annotated and "." in str(row_id) else text)  # annotated-00003.2: a repeat
         names_missing.append(_nonempty([n for n in names if n not in text]))
         n_lines.append(len(output.splitlines()))
         in_train.append(text if train_texts is not None and text in train_texts else None)
@@ -103,6 +107,7 @@ def derive(df: pd.DataFrame, vocabulary: set[str], train_texts: set[str] | None,
                                      for n in names if set(n) & train_chars]))
     df["check_unknown_relations"], df["check_relations_not_in_text"] = unknown, rel_missing
     df["check_names_not_in_text"], df["check_output_lines"] = names_missing, n_lines
+    df["check_text_once"] = once
     if train_texts is not None:
         df["check_text_in_train"] = in_train
     if train_chars is not None:
@@ -133,7 +138,8 @@ def expectations(split: str, params: dict[str, Any]) -> list[gxe.Expectation]:
             column="check_relations_not_in_text"),
         why(gxe.ExpectColumnValuesToBeNull, "every labelled name occurs in the text", column="check_names_not_in_text"),
         why(gxe.ExpectColumnValuesToBeUnique, "ids are unique", column="id"),
-        why(gxe.ExpectColumnValuesToBeUnique, "texts are unique", column="text"),
+        why(gxe.ExpectColumnValuesToBeUnique, "texts are unique (generate.annotated_share repeats aside)",
+            column="check_text_once"),
     ]
     if split != "train":
         ex.append(why(gxe.ExpectColumnValuesToBeNull, "no text also occurs in train", column="check_text_in_train"))
@@ -170,7 +176,11 @@ def gold_expectations(why, params: dict[str, Any]) -> list[gxe.Expectation]:
     return ex
 
 
-def describe_failure(split: str, r: Any) -> str:
+UNKNOWN_RELATION_FIX = ("add the relation to data/relations.tsv (relation<TAB>yes|no<TAB>pair,role) or map it to "
+                        "one there with generate.relation_map in params.yaml (e.g. relation_map: {老师: 师父})")
+
+
+def describe_failure(split: str, r: Any, sources: dict[str, str] | None = None) -> str:
     cfg, res = r.expectation_config, r.result
     head = f"- {split}: {cfg.type} on `{cfg.kwargs.get('column')}` ({cfg.description})"
     # GX nests exception info per metric when one of an expectation's metrics raised.
@@ -179,8 +189,16 @@ def describe_failure(split: str, r: Any) -> str:
               if isinstance(i, dict) and i.get("exception_message")]
     if errors:
         return f"{head}: could not be evaluated: {errors[0]}"
-    rows = [f"    id={row.get('id')!r}: {row.get(cfg.kwargs.get('column'))!r}"
+    sources = sources or {}
+
+    def where(row_id: Any) -> str:  # an annotated row: the file and line it came from
+        source = sources.get(str(row_id).split(".")[0])
+        return f" ({source})" if source else ""
+
+    rows = [f"    id={row.get('id')!r}{where(row.get('id'))}: {row.get(cfg.kwargs.get('column'))!r}"
             for row in res.get("partial_unexpected_index_list", [])[:SHOWN]]
+    if cfg.kwargs.get("column") == "check_unknown_relations":
+        rows.append(f"    fix: {UNKNOWN_RELATION_FIX}")
     count = res.get("unexpected_count")
     more = f" (first {len(rows)} shown)" if count and count > len(rows) else ""
     return "\n".join([f"{head}: {count} unexpected row(s){more}", *rows])
@@ -191,7 +209,10 @@ def validate(data_dir: str | Path, dataset_dir: str | Path, docs_dir: str | Path
     vocabulary = set(load_raw(data_dir).relations)
     docs_dir = Path(docs_dir).resolve()
     summary: dict[str, Any] = {}
-    failures: list[str] = []
+    records = load_annotated(data_dir)
+    # Records that could not be read at all: file, line and reason, before any expectation.
+    failures: list[str] = [f"- annotated: {r.source}: {r.problem}" for r in records if r.problem]
+    sources = {f"annotated-{j:05d}": r.source for j, r in enumerate(records)}
     # Build the docs beside the old ones and swap at the end: stale pages of earlier runs never linger.
     with atomic_dir(docs_dir) as tmp:
         context = gx.get_context(mode="ephemeral")
@@ -227,7 +248,7 @@ def validate(data_dir: str | Path, dataset_dir: str | Path, docs_dir: str | Path
                 name=split, validation_definitions=[vd], result_format=RESULT_FORMAT,
                 actions=[UpdateDataDocsAction(name="docs", site_names=["relsft"])]))
             result = next(iter(checkpoint.run(batch_parameters={"dataframe": df}).run_results.values()))
-            failures += [describe_failure(split, r) for r in result.results if not r.success]
+            failures += [describe_failure(split, r, sources) for r in result.results if not r.success]
             stats = result.statistics
             summary[split] = {"rows": len(df), "expectations": stats["evaluated_expectations"],
                               "passed": stats["successful_expectations"]}
