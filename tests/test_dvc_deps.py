@@ -113,15 +113,21 @@ def stage_command(stage: dict) -> str:
 
 
 def declared_params(stage: dict) -> set[str]:
+    """Keys of params.yaml, and keys listed under another params file (the recipe); a file listed
+    without keys tracks all of it."""
     out = set()
     for p in stage.get("params", []):
-        out |= set(p) if isinstance(p, dict) else {p}
+        if not isinstance(p, dict):
+            out.add(p)
+            continue
+        for file, keys in p.items():
+            out |= set(keys) if keys else {""}
     return out
 
 
 def covered(param: str, declared: set[str]) -> bool:
     parts = param.split(".")
-    return any(".".join(parts[:i]) in declared for i in range(1, len(parts) + 1))
+    return "" in declared or any(".".join(parts[:i]) in declared for i in range(1, len(parts) + 1))
 
 
 def missing_deps(dvc_yaml: dict) -> dict[str, list[str]]:
@@ -157,8 +163,8 @@ def test_removing_a_dep_is_caught(stage, dep):
 
 def test_an_undeclared_param_is_caught():
     pipeline = load_dvc_yaml()
-    params = pipeline["stages"]["merge"]["params"]
-    params.remove("evaluate.max_new_tokens")
+    recipe = next(p for p in pipeline["stages"]["merge"]["params"] if isinstance(p, dict))
+    recipe["recipes/${recipe}.yaml"].remove("evaluate.max_new_tokens")
     assert missing_deps(pipeline) == {"merge": ["param evaluate.max_new_tokens"]}
 
 
