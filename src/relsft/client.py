@@ -26,6 +26,14 @@ def chat_request(model: str, text: str, max_tokens: int, stream: bool = False) -
             "stream": stream}
 
 
+def delta(chunk) -> tuple[str, str | None]:
+    """A streamed chunk's new text and finish reason (either may be empty; `relsft ui` relays them too)."""
+    if not chunk.choices:
+        return "", None
+    choice = chunk.choices[0]
+    return choice.delta.content or "", choice.finish_reason
+
+
 @dataclass(frozen=True)
 class Extraction:
     answer: str
@@ -61,13 +69,11 @@ class RelationClient:
         """Yield the answer piece by piece as the server generates it; returns the Extraction (StopIteration.value)."""
         pieces, finish_reason = [], None
         for chunk in self._request(text, stream=True):
-            if not chunk.choices:
-                continue
-            choice = chunk.choices[0]
-            finish_reason = choice.finish_reason or finish_reason
-            if choice.delta.content:
-                pieces.append(choice.delta.content)
-                yield choice.delta.content
+            piece, finish = delta(chunk)
+            finish_reason = finish or finish_reason
+            if piece:
+                pieces.append(piece)
+                yield piece
         return Extraction.from_answer("".join(pieces), finish_reason)
 
     def stream_extract(self, text: str, on_piece=None) -> Extraction:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..client import DEFAULT_MAX_TOKENS, chat_request
 from .graph import build_graph, grounded, write_outputs
@@ -131,8 +131,11 @@ async def ask(client, endpoint: Endpoint, text: str) -> tuple[str, str | None]:
 
 
 async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, concurrency: int = 8,
-                     progress: bool = True, client=None) -> tuple[list[str], Stats, str]:
-    """The answer to every text (cached or asked for), the counts, and the served model's id."""
+                     progress: bool = True, client=None,
+                     on_answer: Callable[[str, str], None] | None = None) -> tuple[list[str], Stats, str]:
+    """The answer to every text (cached or asked for), the counts, and the served model's id.
+    `on_answer(text, answer)` is called once per distinct text as its answer is known (`relsft ui`
+    grows its graph with it): the cached ones first, then each as it arrives."""
     import openai
     from tqdm import tqdm
 
@@ -147,6 +150,10 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
         keys = [AnswerCache.key(endpoint.model, served, endpoint.max_tokens, t) for t in texts]
         todo = {k: t for k, t in zip(keys, texts) if k not in cache.answers}
         stats = Stats(len(texts), len(set(keys)), len(set(keys)) - len(todo))
+        if on_answer:
+            for k, t in dict(zip(keys, texts)).items():
+                if k not in todo:
+                    on_answer(t, cache.answers[k])
         bar = tqdm(total=stats.distinct, initial=stats.cached, unit=" passages", desc="extract-book",
                    disable=not progress, file=sys.stderr)
         semaphore = asyncio.Semaphore(concurrency)
@@ -161,6 +168,8 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
                     raise RuntimeError(f"{endpoint.url}: passage {text[:30]!r}...: {e}{hint}") from e
             cache.put(key, answer, finish_reason)
             stats.requested += 1
+            if on_answer:
+                on_answer(text, answer)
             bar.update()
 
         start = time.perf_counter()
@@ -191,10 +200,16 @@ def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | 
                                                         progress))
     finally:
         cache.close()
+    return book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap), stats
+
+
+def book_graph(chapters: list[Chapter], book: list[Passage], answers: list[str], relations: tuple[set[str], set[str]],
+               endpoint: Endpoint, served: str, max_chars: int, overlap: int) -> dict[str, Any]:
+    """The graph written to graph.json: the grounded graph and the settings it was made with."""
     graph = grounded_graph(chapters, book, answers, relations)
     graph["settings"] = {"model": endpoint.model, "served_model": served, "max_tokens": endpoint.max_tokens,
                          "max_chars": max_chars, "overlap": overlap}
-    return graph, stats
+    return graph
 
 
 def grounded_graph(chapters: list[Chapter], book: list[Passage], answers: list[str],
@@ -219,12 +234,17 @@ def relation_sets(data_dir: str | Path | None) -> tuple[set[str], set[str]]:
         return read(d)
 
 
+def endpoint_from_args(args, params: dict[str, Any]) -> Endpoint:
+    """The served model of `--url/--api-key/--model-name` (extract-book, ui); params may be {}
+    (outside a project): port 8000, $RELSFT_API_KEY, evaluate.max_new_tokens' default."""
+    url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
+    return Endpoint(url, args.api_key or os.environ.get("RELSFT_API_KEY") or "none", args.model_name,
+                    params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
+
 
 def run_cli(args, params: dict[str, Any]) -> None:
     """`relsft extract-book`; params may be {} (outside a project): every setting has a default."""
-    url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
-    endpoint = Endpoint(url, args.api_key or os.environ.get("RELSFT_API_KEY") or "none", args.model_name,
-                        params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
+    endpoint = endpoint_from_args(args, params)
     out = Path(args.out)
     graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl",
                                 relation_sets(args.data_dir or "data"),  # the project's data/, else the packaged inputs
