@@ -99,7 +99,7 @@ def test_exported_model_stops_at_end_of_turn_and_sets_no_sampling(pretrained_pro
     assert generation["eos_token_id"] == IM_END and not set(generation) & set(SAMPLING_KEYS)
     assert json.loads((export / "config.json").read_text())["eos_token_id"] == IM_END
     metrics = json.loads((pretrained_project / "metrics/eval.json").read_text())
-    assert set(metrics["finetuned"]) == {"test", "test_ood"}
+    assert set(metrics["finetuned"]) == {"test", "test_ood", "gold"}
     assert "--default-chat-template-kwargs" not in vllm_command(ServeSettings(model=str(export)))
 
 
