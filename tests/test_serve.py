@@ -198,28 +198,30 @@ def test_extract_cli_streams_then_prints_relations(server, pipeline_project, inp
 
 
 def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_project, tiny_params, examples, tmp_path):
-    """Parity: F1 through the server (evaluate --endpoint) == in-process evaluation of the exported model."""
+    """Parity: F1 through the server (evaluate --endpoint) == in-process evaluation of the served model,
+    and answer by answer against in-process predictions of that model (`parity` in the metrics file)."""
     from relsft.evaluate import _rounded, evaluate_model, symmetric_relations
     from relsft.generation import load_for_inference
-
-    stage_metrics = (pipeline_project / "metrics" / "eval.json").read_bytes()
-    out = tmp_path / "endpoint.json"
-    run(["relsft", "evaluate", "--endpoint", server.base_url, "--api-key", API_KEY, "--out", str(out)],
-        pipeline_project, timeout=600)
-    result = json.loads(out.read_text())
-    served = result["endpoint"]
-    assert (pipeline_project / "metrics" / "eval.json").read_bytes() == stage_metrics  # not overwritten
-    # answer by answer against the evaluate stage's own predictions (base + adapter, in-process)
-    assert set(result["parity"]) == set(served) == {"test", "test_ood", "gold"}
-    assert all(check["compared"] == served[split]["examples"] > 0 for split, check in result["parity"].items())
-    # The export is the merged model; merge proved it answers as base + adapter on the test prompts.
-    assert result["parity"]["test"]["differ"] == []
+    from relsft.io import jsonl_line
 
     model, tok = load_for_inference(served_model)
     symmetric = symmetric_relations(pipeline_project / "data")
-    local, _ = evaluate_model(model, tok, examples, symmetric, tiny_params["evaluate"], desc="in-process test")
+    local, rows = evaluate_model(model, tok, examples, symmetric, tiny_params["evaluate"], desc="in-process test")
     local.pop("per_relation")
     local = _rounded(local)
+    reports = tmp_path / "reports"  # the served model's own predictions, where evaluate keeps them
+    (reports / "predictions").mkdir(parents=True)
+    (reports / "predictions" / "finetuned_test.jsonl").write_text("".join(jsonl_line(r) for r in rows), encoding="utf-8")
+
+    stage_metrics = (pipeline_project / "metrics" / "eval.json").read_bytes()
+    out = tmp_path / "endpoint.json"
+    run(["relsft", "evaluate", "--endpoint", server.base_url, "--api-key", API_KEY, "--out", str(out),
+         "--reports", str(reports)], pipeline_project, timeout=600)
+    result = json.loads(out.read_text())
+    served = result["endpoint"]
+    assert (pipeline_project / "metrics" / "eval.json").read_bytes() == stage_metrics  # not overwritten
+    assert set(served) == {"test", "test_ood", "gold"}
+    assert result["parity"] == {"test": {"compared": len(examples), "identical": len(examples), "differ": []}}
     assert served["test"].pop("decoding").startswith("endpoint") and local.pop("decoding").startswith("transformers")
     assert served["test"] == local
     assert served["test"]["parse_failure_rate"] < 1  # a real comparison, not two empty answer sets
