@@ -34,14 +34,16 @@ def symmetric_relations(data_dir: str | Path) -> list[str]:
     return sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
 
 
+def split_path(dataset_dir: str | Path, split: str, data_dir: str | Path | None = None) -> Path:
+    """A generated split (datasets/<split>.jsonl), else a hand-labelled one (data/<split>.jsonl, e.g. gold)."""
+    path = Path(dataset_dir) / f"{split}.jsonl"
+    return Path(data_dir) / f"{split}.jsonl" if data_dir is not None and not path.exists() else path
+
+
 def load_split(dataset_dir: str | Path, split: str, max_examples: int = 0,
                data_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """A generated split (datasets/), else a hand-labelled one (data/<split>.jsonl, e.g. gold), cut to
-    its first `max_examples` (0: all of it)."""
-    path = Path(dataset_dir) / f"{split}.jsonl"
-    if data_dir is not None and not path.exists():
-        path = Path(data_dir) / f"{split}.jsonl"
-    return list(read_jsonl(path))[: max_examples or None]
+    """A split (`split_path`), cut to its first `max_examples` (0: all of it)."""
+    return list(read_jsonl(split_path(dataset_dir, split, data_dir)))[: max_examples or None]
 
 
 def per_phenomenon(examples: list[dict[str, Any]], answers: list[str], symmetric: list[str]) -> dict[str, Any]:

@@ -69,11 +69,9 @@ class ScoringData:
     evaluate: dict[str, Any]
 
     def md5(self, splits: list[str]) -> dict[str, str]:
-        return {s: hashlib.md5(self.split_path(s).read_bytes()).hexdigest() for s in splits}
+        from .evaluate import split_path
 
-    def split_path(self, split: str) -> Path:  # as evaluate.load_split finds it: datasets/, else data/ (gold)
-        path = self.datasets / f"{split}.jsonl"
-        return path if path.exists() else self.data / f"{split}.jsonl"
+        return {s: hashlib.md5(split_path(self.datasets, s, self.data).read_bytes()).hexdigest() for s in splits}
 
 
 def score_model(model_dir: str | Path, on: ScoringData, splits: list[str], metric: str = "strict_f1") -> dict[str, float]:
