@@ -79,7 +79,7 @@ def test_untrained_base_copies_unseen_names_through_its_circuit(base_dir, tiny_p
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     # Long passages (2-4 relations, distractors likely), so each one holds many positions to copy.
-    gen = Generator(load_raw(raw_data_dir), dict(tiny_params["generate"], min_relations=2, max_relations=4,
+    gen = Generator(load_raw(raw_data_dir), dict(tiny_params["generate"], relation_weights=[0, 0, 1, 1, 1],
                                                  distractor_weights=[1, 1, 1]))
     hits = total = 0
     for i in range(20):

@@ -176,8 +176,7 @@ def test_bad_rows_stop_at_validate_and_keep_the_exported_model(project):
         with (data / "annotated" / "examples.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({"text": "韩立与紫灵是朋友。", "output": "韩立-紫灵:朋友"}, ensure_ascii=False) + "\n")
             f.write(json.dumps({"text": "萧炎与林动是好友。", "output": "萧炎林动好友"}, ensure_ascii=False) + "\n")
-        with (data / "templates.tsv").open("a", encoding="utf-8") as f:
-            f.write("train\tpair\t*\t他们二人是{r}关系。\n")
+            f.write(json.dumps({"text": "他们二人是好友。", "output": "萧炎-林动:好友"}, ensure_ascii=False) + "\n")
         proc = run(["dvc", "repro"], project, check=False)
         assert proc.returncode != 0
         log = proc.stdout + proc.stderr

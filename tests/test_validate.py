@@ -47,13 +47,13 @@ BAD_ROWS = {
     "line that is not JSON": (
         lambda d: append(d / "annotated" / "examples.jsonl", "萧炎与林动是好友 -> 萧炎-林动:好友"),
         ["annotated/examples.jsonl:8: not JSON"]),
-    "template whose names do not appear": (
-        lambda d: append(d / "templates.tsv", "train\tpair\t*\t他们二人是{r}关系。"),
-        ["every labelled name occurs in the text", "train", "unexpected row(s)"]),
-    # The classic generator's bug: a template that states 师徒 whatever relation was drawn.
-    "template stating another relation": (
-        lambda d: append(d / "templates.tsv", "train\trole\t徒弟\t{y}收{x}入门,师徒关系牢固。"),
-        ["the labelled relation word occurs in the text", "train", "徒弟"]),
+    "annotated answer naming someone not in the text": (
+        lambda d: train_on(d, "他们二人是好友。", "萧炎-林动:好友"),
+        ["every labelled name occurs in the text", "train", "unexpected row(s)", "萧炎,林动"]),
+    # A part of the generator's own may be wrong too: a statement labelled with a word outside the vocabulary.
+    "statement with a relation outside the vocabulary": (
+        lambda d: append(d / "prose" / "statements.tsv", "\n".join(["train\t知己\t--\t{x}与{y}相识多年"] * 300)),
+        ["relations are in relations.tsv", "train", "知己"]),
 }
 
 
@@ -105,5 +105,6 @@ def test_bad_rows_stop_with_an_actionable_message(tmp_path, raw_data_dir, tiny_p
     message = str(err.value)
     for part in expected:
         assert part in message, (part, message)
-    assert "id=" in message and "Data Docs" in message
+    # A row names its id; a record that could not be read at all, its file and line.
+    assert ("id=" in message or "annotated/examples.jsonl:" in message) and "Data Docs" in message
     assert summary.read_text() == "last good\n"  # a failed validation overwrites nothing

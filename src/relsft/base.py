@@ -1,7 +1,7 @@
 """Stage `base`: the base model every later stage starts from.
 
 `base.model: builtin` builds the embedded default offline and deterministically: a byte-level
-BPE tokenizer trained here with `tokenizers` on the project's own fixed text, and a small
+BPE tokenizer trained here with `tokenizers` on the project's own text and character table, and a small
 Qwen2 causal LM whose weights are random except for a copying circuit written into them
 (`circuit.py`): fine-tuning learns the task, not the mechanism for copying unseen names.
 
@@ -80,11 +80,12 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
 
 
 def tokenizer_corpus(data_dir: str | Path) -> list[str]:
-    """The project's fixed text plus its character inventory: every common character becomes one
-    token (a name is copied character by character); anything else falls back to bytes."""
+    """The project's fixed text plus the 8,105 characters of the General Standard table: each becomes
+    one token, so the words of a novel are tokens the model has seen and a name is copied character
+    by character; anything else (and punctuation merges aside) falls back to bytes."""
     raw = load_raw(data_dir)
     rel_lines = [f"-:{r}" for r in raw.relations]
-    chars = "".join(raw.given_chars) + "".join(raw.surnames)
+    chars = "".join(raw.charset) + "".join(raw.given_male + raw.given_female) + "".join(raw.surnames)
     return [*raw.fixed_text().splitlines(), INSTRUCTION, "system", "user", "assistant", *rel_lines, chars]
 
 

@@ -66,7 +66,8 @@ Prompt (user turn, through the bundled chat template): `{INSTRUCTION}<text>`
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-test_ood uses templates and name characters that never occur in training.
+test_ood uses statement and clause wordings and name characters that never occur in training; gold is
+hand-written novel prose (docs/gold.md).
 
 ## Serve
 

@@ -1,7 +1,7 @@
 """Stage `validate`: Great Expectations checks on the generated splits, before any training.
 
-Raw inputs (templates, annotated passages) are free text, so mistakes surface only here: a
-malformed label, a relation outside the vocabulary, a template that drops the names. Every
+Raw inputs (prose parts, annotated passages) are free text, so mistakes surface only here: a
+malformed label, a relation outside the vocabulary, a part that drops the names. Every
 check is a built-in expectation, on the split columns or on a `check_*` column derived with
 pandas; a derived column is null where the row is fine and otherwise holds what is wrong, so
 the failure report names both the row id and the offending value.
@@ -23,7 +23,7 @@ from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from .annotated import load_annotated  # noqa: E402
-from .generate import SPLITS  # noqa: E402
+from .generate import SPLITS, shared_name_chars  # noqa: E402
 from .io import atomic_dir, write_json  # noqa: E402
 from .rawdata import GOLD_SPLIT, PHENOMENA, load_raw  # noqa: E402
 from .relations import LINE_RE, parse_output  # noqa: E402
@@ -31,8 +31,7 @@ from .relations import LINE_RE, parse_output  # noqa: E402
 KEYS = "id,output,text"
 GOLD_KEYS = "genre,id,output,phenomena,text"
 _LINE = LINE_RE.pattern.strip("^$")
-OUTPUT_RE = rf"\A{_LINE}(?:\n{_LINE})*\Z"  # GX uses re.search, so anchor the whole value
-GOLD_OUTPUT_RE = rf"\A(?:{_LINE}(?:\n{_LINE})*)?\Z"  # a gold passage may state no relation: ""
+OUTPUT_RE = rf"\A(?:{_LINE}(?:\n{_LINE})*)?\Z"  # GX uses re.search, so anchor the whole value; "" = no relation
 RESULT_FORMAT = {"result_format": "SUMMARY", "unexpected_index_column_names": ["id"], "partial_unexpected_count": 20}
 SHOWN = 3
 
@@ -87,27 +86,25 @@ def derive_gold(df: pd.DataFrame, train_texts: set[str], train_pairs: set[frozen
     df["check_text_in_train"], df["check_pair_in_train"] = in_train, pairs
 
 
-def derive(df: pd.DataFrame, vocabulary: set[str], train_texts: set[str] | None, train_chars: set[str] | None) -> None:
-    """Add the check_* columns in place; each is null where the row passes."""
-    unknown, rel_missing, names_missing, n_lines, in_train, shared, once = [], [], [], [], [], [], []
+def derive(df: pd.DataFrame, vocabulary: set[str], train_texts: set[str] | None, train_chars: set[str] | None,
+           marked: set[str] = frozenset()) -> None:
+    """Add the check_* columns in place; each is null where the row passes. `train_chars`: the characters of
+    train names less the sex-marking ones (`marked`), which no test_ood name may have."""
+    unknown, names_missing, n_lines, in_train, shared, once = [], [], [], [], [], []
     for row_id, text, output in zip(df["id"], df["text"], df["output"]):
         text, output = text or "", output or ""
         rels = parse_output(output).relations  # malformed lines are the regex check's to report
         names = [n for r in rels for n in (r.a, r.b)]
         unknown.append(_nonempty([r.rel for r in rels if r.rel not in vocabulary]))
-        # A template must say the relation it labels; a person's annotation may imply it (父亲 -> 父女).
-        annotated = str(row_id).startswith("annotated-")
-        rel_missing.append(None if annotated else _nonempty([r.rel for r in rels if r.rel not in text]))
-        once.append(None if annotated and "." in str(row_id) else text)  # annotated-00003.2: a repeat
+        once.append(None if str(row_id).startswith("annotated-") and "." in str(row_id) else text)  # .2: a repeat
         names_missing.append(_nonempty([n for n in names if n not in text]))
         n_lines.append(len(output.splitlines()))
         in_train.append(text if train_texts is not None and text in train_texts else None)
         if train_chars is not None:  # "name(shared characters)", so the report shows where they come from
-            shared.append(_nonempty([f"{n}({''.join(sorted(set(n) & train_chars))})"
-                                     for n in names if set(n) & train_chars]))
-    df["check_unknown_relations"], df["check_relations_not_in_text"] = unknown, rel_missing
-    df["check_names_not_in_text"], df["check_output_lines"] = names_missing, n_lines
-    df["check_text_once"] = once
+            shared.append(_nonempty([f"{n}({''.join(sorted(set(n) & train_chars))})" for n in names
+                                     if set(n) & train_chars or not set(n) - marked]))
+    df["check_unknown_relations"], df["check_names_not_in_text"] = unknown, names_missing
+    df["check_output_lines"], df["check_text_once"] = n_lines, once
     if train_texts is not None:
         df["check_text_in_train"] = in_train
     if train_chars is not None:
@@ -119,60 +116,41 @@ def expectations(split: str, params: dict[str, Any]) -> list[gxe.Expectation]:
     def why(cls: type[gxe.Expectation], description: str, **kw: Any) -> gxe.Expectation:
         return cls(description=description, **kw)
 
-    if split == GOLD_SPLIT:
-        return gold_expectations(why, params)
-    ex = [why(gxe.ExpectColumnValuesToBeInSet, "each line is a JSON object with exactly id, text, output",
-              column="check_keys", value_set=[KEYS])]
+    gold = split == GOLD_SPLIT
+    keys = GOLD_KEYS if gold else KEYS
+    ex = [why(gxe.ExpectColumnValuesToBeInSet, f"each line is a JSON object with exactly {keys.replace(',', ', ')}",
+              column="check_keys", value_set=[keys])]
     ex += [why(gxe.ExpectColumnValuesToNotBeNull, f"{col} is present and a string", column=col)
            for col in ("id", "text", "output")]
     ex += [
         why(gxe.ExpectColumnValueLengthsToBeBetween, "id is not empty", column="id", min_value=1),
-        why(gxe.ExpectColumnValueLengthsToBeBetween, "output is not empty", column="output", min_value=1),
         why(gxe.ExpectColumnValueLengthsToBeBetween, f"text has 1-{params['max_text_chars']} characters",
             column="text", min_value=1, max_value=params["max_text_chars"]),
-        why(gxe.ExpectColumnValuesToBeBetween, f"output has 1-{params['max_output_lines']} lines",
-            column="check_output_lines", min_value=1, max_value=params["max_output_lines"]),
-        why(gxe.ExpectColumnValuesToMatchRegex, "every output line is `A-B:rel`", column="output", regex=OUTPUT_RE),
+        why(gxe.ExpectColumnValuesToBeBetween, f"output has 0-{params['max_output_lines']} lines",
+            column="check_output_lines", min_value=0, max_value=params["max_output_lines"]),
+        why(gxe.ExpectColumnValuesToMatchRegex, "every output line is `A-B:rel` (empty: the passage states none)",
+            column="output", regex=OUTPUT_RE),
         why(gxe.ExpectColumnValuesToBeNull, "relations are in relations.tsv", column="check_unknown_relations"),
-        why(gxe.ExpectColumnValuesToBeNull, "the labelled relation word occurs in the text",
-            column="check_relations_not_in_text"),
         why(gxe.ExpectColumnValuesToBeNull, "every labelled name occurs in the text", column="check_names_not_in_text"),
         why(gxe.ExpectColumnValuesToBeUnique, "ids are unique", column="id"),
         why(gxe.ExpectColumnValuesToBeUnique, "texts are unique (generate.annotated_share repeats aside)",
             column="check_text_once"),
     ]
-    if split != "train":
+    if gold:
+        ex += [
+            why(gxe.ExpectColumnValuesToBeNull, f"phenomena are tags of {', '.join(PHENOMENA)}",
+                column="check_phenomena"),
+            why(gxe.ExpectColumnValuesToBeNull, "the output is empty exactly where the passage is tagged no_relation",
+                column="check_no_relation"),
+            why(gxe.ExpectColumnValuesToBeNull, "no train text contains a gold text", column="check_text_in_train"),
+            why(gxe.ExpectColumnValuesToBeNull, "no gold pair of names is a pair in train",
+                column="check_pair_in_train"),
+        ]
+    elif split != "train":
         ex.append(why(gxe.ExpectColumnValuesToBeNull, "no text also occurs in train", column="check_text_in_train"))
     if split == "test_ood":
-        ex.append(why(gxe.ExpectColumnValuesToBeNull, "names share no character with train names",
-                      column="check_train_name_chars"))
-    return ex
-
-
-def gold_expectations(why, params: dict[str, Any]) -> list[gxe.Expectation]:
-    """Hand-written passages: relation words may be implied (父亲 -> 父女) and the answer may be empty."""
-    ex = [why(gxe.ExpectColumnValuesToBeInSet, "each line is a JSON object with exactly genre, id, output, "
-              "phenomena, text", column="check_keys", value_set=[GOLD_KEYS])]
-    ex += [why(gxe.ExpectColumnValuesToNotBeNull, f"{col} is present and a string", column=col)
-           for col in ("id", "text", "output")]
-    ex += [
-        why(gxe.ExpectColumnValueLengthsToBeBetween, f"text has 1-{params['max_text_chars']} characters",
-            column="text", min_value=1, max_value=params["max_text_chars"]),
-        why(gxe.ExpectColumnValuesToBeBetween, f"output has 0-{params['max_output_lines']} lines",
-            column="check_output_lines", min_value=0, max_value=params["max_output_lines"]),
-        why(gxe.ExpectColumnValuesToMatchRegex, "every output line is `A-B:rel` (or the output is empty)",
-            column="output", regex=GOLD_OUTPUT_RE),
-        why(gxe.ExpectColumnValuesToBeNull, "relations are in relations.tsv", column="check_unknown_relations"),
-        why(gxe.ExpectColumnValuesToBeNull, "every labelled name occurs in the text", column="check_names_not_in_text"),
-        why(gxe.ExpectColumnValuesToBeNull, f"phenomena are tags of {', '.join(PHENOMENA)}",
-            column="check_phenomena"),
-        why(gxe.ExpectColumnValuesToBeNull, "the output is empty exactly where the passage is tagged no_relation",
-            column="check_no_relation"),
-        why(gxe.ExpectColumnValuesToBeNull, "no train text contains a gold text", column="check_text_in_train"),
-        why(gxe.ExpectColumnValuesToBeNull, "no gold pair of names is a pair in train", column="check_pair_in_train"),
-        why(gxe.ExpectColumnValuesToBeUnique, "ids are unique", column="id"),
-        why(gxe.ExpectColumnValuesToBeUnique, "texts are unique", column="text"),
-    ]
+        ex.append(why(gxe.ExpectColumnValuesToBeNull, "names share no character with train names (sex-marking "
+                      "characters aside) and have one of their own", column="check_train_name_chars"))
     return ex
 
 
@@ -206,7 +184,8 @@ def describe_failure(split: str, r: Any, sources: dict[str, str] | None = None) 
 
 def validate(data_dir: str | Path, dataset_dir: str | Path, docs_dir: str | Path, summary_path: str | Path,
              params: dict[str, Any]) -> dict[str, Any]:
-    vocabulary = set(load_raw(data_dir).relations)
+    raw = load_raw(data_dir)
+    vocabulary, marked = set(raw.relations), shared_name_chars(raw)
     docs_dir = Path(docs_dir).resolve()
     summary: dict[str, Any] = {}
     records = load_annotated(data_dir)
@@ -231,14 +210,14 @@ def validate(data_dir: str | Path, dataset_dir: str | Path, docs_dir: str | Path
         paths.update({GOLD_SPLIT: gold} if gold.exists() else {})
         for split, path in paths.items():  # train first: the others are checked against it
             df = load_split(path)
-            derive(df, vocabulary, train_texts, train_chars if split == "test_ood" else None)
+            derive(df, vocabulary, train_texts, train_chars if split == "test_ood" else None, marked)
             if split == GOLD_SPLIT:
                 derive_gold(df, train_texts or set(), train_pairs)
             if split == "train":
                 # Only sets survive the split; the frame itself is dropped before the next one.
                 train_texts = set(df["text"].dropna())
                 train_rels = [r for out in df["output"].dropna() for r in parse_output(out).relations]
-                train_chars = {c for r in train_rels for c in r.a + r.b}
+                train_chars = {c for r in train_rels for c in r.a + r.b} - marked
                 train_pairs = {frozenset((r.a, r.b)) for r in train_rels}
                 del train_rels
             batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe(split)
