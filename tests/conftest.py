@@ -137,7 +137,8 @@ def teach_one_relation(export: Path, data_dir: Path, tiny_params: dict, work: Pa
 
     dst = work / "relsft-model"
     shutil.copytree(export, dst)
-    one_relation = dict(tiny_params["generate"], relation_weights=[0, 1], distractor_weights=[1],
+    one_relation = dict(tiny_params["generate"], relation_weights=[0, 1], distractor_weights=[1], lead_rate=0.0,
+                        trail_rate=0.0,
                         sizes={"train": 400, "val": 16, "test": 48, "test_ood": 8})
     generate(data_dir, work / "datasets", one_relation)
     with (work / "datasets" / "train.jsonl").open("a", encoding="utf-8") as f:
