@@ -389,7 +389,9 @@ def test_default_passage_fits_the_model_with_a_full_answer(pipeline_project, par
     from relsft.chat import render_prompt
 
     tok = AutoTokenizer.from_pretrained(pipeline_project / "models" / "base")  # the builtin tokenizer
-    rare = "".join(chr(c) for c in range(0x9F00, 0x9F00 + DEFAULT_MAX_CHARS))  # 鼀..: outside its vocabulary
+    # Characters outside its vocabulary (the General Standard table's 8,105 are in it): 3 byte tokens each.
+    outside = (chr(c) for c in range(0x4E00, 0xA000) if len(tok(chr(c), add_special_tokens=False)["input_ids"]) == 3)
+    rare = "".join(next(outside) for _ in range(DEFAULT_MAX_CHARS))
     prompt = tok(render_prompt(tok, rare), add_special_tokens=False)["input_ids"]
     assert len(prompt) > 2 * DEFAULT_MAX_CHARS  # they did fall back to bytes
     assert len(prompt) + params["evaluate"]["max_new_tokens"] <= params["format"]["max_length"]

@@ -52,3 +52,8 @@ def test_micro_average_weighs_examples_by_their_triples():
 def test_no_predictions_and_no_gold_score_zero_not_an_error():
     out = f1(["", ""], ["", ""])
     assert out["strict_f1"] == 0.0 and out["exact_match"] == 1.0
+
+
+def test_an_empty_answer_to_a_passage_without_relations_is_a_perfect_rouge():
+    assert f1(["", "墨大夫-韩立:师父"], ["", "墨大夫-韩立:师父"])["rougeL"] == 1.0
+    assert f1([""], ["墨大夫-韩立:师父"])["rougeL"] == f1(["墨大夫-韩立:师父"], [""])["rougeL"] == 0.0

@@ -60,6 +60,8 @@ def greedy_generate(model, tok, texts: list[str], max_new_tokens: int, batch_siz
                 if stopped:
                     ids = ids[: ids.index(eos)]
                 ids = [t for t in ids if t != tok.pad_token_id]
-                results[i] = {"answer": tok.decode(ids, skip_special_tokens=True), "stopped": stopped,
-                              "tokens": len(ids)}
+                # A character whose bytes the answer did not finish decodes as U+FFFD; vLLM's streaming
+                # detokenizer holds such bytes back and never sends them, so served answers end before it.
+                answer = tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+                results[i] = {"answer": answer, "stopped": stopped, "tokens": len(ids)}
     return results
