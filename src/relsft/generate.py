@@ -29,14 +29,15 @@ from tqdm import tqdm
 
 from .annotated import load_annotated, repeats
 from .io import atomic_file, jsonl_line, write_json
-from .rawdata import LEVEL_1, PLACEHOLDER_RE, Clause, KinWord, RawData, RawDataError, Statement, load_raw
+from .rawdata import (LEVEL_1, PLACEHOLDER_RE, SEX_PAIRS, Clause, KinWord, RawData, RawDataError, Statement,
+                      load_raw, sex_pairs)
 from .relations import INSTRUCTION
 
 SPLITS = ("train", "val", "test", "test_ood")
 MAX_ATTEMPTS = 100
 MAX_SENTENCES = 8
 PRONOUN = {"m": "他", "f": "她"}
-ANY_SEXES = frozenset((a, b) for a in "mf" for b in "mf")  # a label outside the vocabulary: validate's to report
+ANY_SEXES = frozenset(SEX_PAIRS)  # a label outside the vocabulary: validate's to report
 # Characters no name is made of: the relation and kinship words, and the grammar around a name.
 FUNCTION_CHARS = set("的是与和了在之也而为被把将对向从他她它们这那个一不有无人们着过来去上下中里说道曰乃便就都又")
 # Labels a kinship word implies, by the sexes of (parent, child) or of two siblings.
@@ -163,6 +164,9 @@ class Generator:
             "statements": [s for s in raw.statements if s.split == kind],
             **{k: [c for c in raw.clauses if c.split == kind and c.kind == k]
                for k in ("lead", "trail", "scene", "deny", "oov")},
+            # scenes that can name a pronoun's person first: one name, at the start
+            "intro": [c for c in raw.clauses if c.split == kind and c.kind == "scene" and c.text.startswith("{n}")
+                      and "{m}" not in c.text],
         } for kind in ("train", "ood")}
         for kind, parts in self.parts.items():
             empty = [k for k, v in parts.items() if not v]
@@ -192,8 +196,7 @@ class Generator:
 
     # -- one relation -------------------------------------------------------------------------------
     def sexes(self, rng: random.Random, st: Statement, label: str) -> tuple[str, str] | None:
-        options = [(a, b) for a in "mf" for b in "mf"
-                   if st.sex[0] in "-" + a and st.sex[1] in "-" + b and (a, b) in self.label_sex.get(label, ANY_SEXES)]
+        options = [pair for pair in sex_pairs(st.sex) if pair in self.label_sex.get(label, ANY_SEXES)]
         return rng.choice(options) if options else None
 
     def relation(self, rng, pool, cast, st: Statement) -> tuple[str, list[Person], str | None] | None:
@@ -263,8 +266,7 @@ class Generator:
                 text = lead_text + "，" + text
                 lead = None
             else:  # name the person in the sentence before: 沈寒推开门。她的师父…
-                scenes = [c for c in parts["scene"] if c.text.startswith("{n}") and "{m}" not in c.text]
-                intro = self.fill(rng, pool, cast, rng.choice(scenes), referent)
+                intro = self.fill(rng, pool, cast, rng.choice(parts["intro"]), referent)
         if lead is not None:
             text = self.fill(rng, pool, cast, lead) + "，" + text
         if not text.endswith(SENTENCE_END) and rng.random() < self.p["trail_rate"]:

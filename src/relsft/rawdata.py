@@ -37,6 +37,14 @@ KIN_KINDS = ("parent", "child", "spouse", "sibling", "oov")
 LEVEL_1 = 3500  # the first 3,500 characters of the General Standard table are its common level
 
 
+SEX_PAIRS = tuple((a, b) for a in "mf" for b in "mf")  # (x, y), in a fixed order
+
+
+def sex_pairs(spec: str) -> tuple[tuple[str, str], ...]:
+    """The (x, y) sex pairs a two-character spec allows: m, f, or - for either (`m-`: x a man)."""
+    return tuple((a, b) for a, b in SEX_PAIRS if spec[0] in "-" + a and spec[1] in "-" + b)
+
+
 class RawDataError(ValueError):
     """A raw input file cannot be read; the message names the file and line."""
 
@@ -46,7 +54,7 @@ class RelationType:
     name: str
     symmetric: bool
     forms: tuple[str, ...]
-    sexes: frozenset[tuple[str, str]] = frozenset((a, b) for a in "mf" for b in "mf")  # (x, y) pairs it allows
+    sexes: frozenset[tuple[str, str]] = frozenset(SEX_PAIRS)  # (x, y) pairs it allows
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,7 @@ def load_raw(data_dir: str | Path) -> RawData:
                 or not all(len(s) == 2 and set(s) <= set("mf-") for s in sexes):
             raise RawDataError(f"{d / 'relations.tsv'}:{no}: expected 'relation<TAB>yes|no<TAB>pair,role"
                                f"[<TAB>sexes, e.g. mf,fm]', got {line!r}")
-        allowed = frozenset((a, b) for s in sexes for a in "mf" for b in "mf" if s[0] in "-" + a and s[1] in "-" + b)
+        allowed = frozenset(pair for spec in sexes for pair in sex_pairs(spec))
         relations[cols[0]] = RelationType(cols[0], cols[1] == "yes", tuple(cols[2].split(",")), allowed)
     for old in ("templates.tsv", "openers.txt", "adverbs.txt", "distractors.txt", "given_chars.txt", "annotated.jsonl"):
         if (d / old).exists():
