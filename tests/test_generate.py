@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from relsft.generate import PRONOUN, Generator, count_sentences, generate, sex_marks, shared_name_chars
+from relsft.generate import PRONOUN, Generator, count_sentences, generate, name_pools, sex_marks, shared_name_chars
 from relsft.rawdata import PLACEHOLDER_RE, KinWord, RawDataError, Statement, load_raw
 from relsft.relations import parse_output
 
@@ -65,12 +65,16 @@ def test_passages_read_like_prose_not_like_one_template(generated):
     multi = sum(len(parse_output(ex["output"]).relations) >= 2 for ex in rows) / len(rows)
     assert multi > 0.3
     assert any("「" in t for t in texts) and any("；" in t for t in texts)
+    # Both typesettings of quotations, each passage in one of them.
+    assert any("“" in t for t in texts)
+    assert not any(set("「」") & set(t) and set("“”") & set(t) for t in texts)
 
 
 def fixed_generator(raw, statement: str, relations: tuple[str, ...], sex: str = "--", kin: KinWord | None = None,
                     **params):
     p = {"ood_fraction": 0.15, "seed": 0, "relation_weights": [0, 1], "distractor_weights": [1], "distractor_kinds":
-         [1, 0, 0], "lead_rate": 0.0, "trail_rate": 0.0, "join_rate": 0.0, "reuse_rate": 0.0, **params}
+         [1, 0, 0], "lead_rate": 0.0, "trail_rate": 0.0, "join_rate": 0.0, "reuse_rate": 0.0, "curly_quotes": 0.0,
+         **params}
     gen = Generator(raw, p)
     gen.parts["train"]["statements"] = [Statement("train", relations, sex, statement, 0)]
     gen.kinship = [kin] if kin else gen.kinship
@@ -162,6 +166,17 @@ def test_ood_names_and_wording_never_occur_in_train(generated, raw_data_dir):
     assert not leaked, leaked[:5]
     ood_text = "\n".join(ex["text"] for ex in read(generated / "test_ood.jsonl"))
     assert sum(p in ood_text for p in pieces if len(p) >= 6) > 5  # the check does see them where they belong
+
+
+def test_common_surnames_stay_in_train_and_ood_ones_come_from_the_rarer_half(generated, raw_data_dir):
+    raw = load_raw(raw_data_dir)
+    half = len(raw.surnames) // 2
+    pools = name_pools(raw, 0.15, seed=0)
+    assert pools["ood"].surnames and not set(pools["ood"].surnames) & set(raw.surnames[:half])
+    assert {"王", "陈", "欧阳", "慕容"} <= set(pools["train"].surnames)
+    train_names = {n for ex in read(generated / "train.jsonl") for r in parse_output(ex["output"]).relations
+                   for n in (r.a, r.b)}
+    assert any(n.startswith("陈") for n in train_names) and any(n.startswith("欧阳") for n in train_names)
 
 
 def test_malformed_statement_file_is_reported_with_its_line(raw_data_dir, tmp_path):

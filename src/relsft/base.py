@@ -45,6 +45,8 @@ QWEN2_PATTERN = (
 # Training additionally isolates every CJK character, so no merge ever spans two characters: a
 # character encodes the same way whatever surrounds it, and a name is copied token for token.
 HAN_PATTERN = r"\p{Han}"
+# The marks of Chinese prose (GB/T 15834), whether or not the parts use them yet: one token each.
+PROSE_PUNCTUATION = (*"，。、；：？！“”‘’「」『』（）《》〈〉·", "——", "……")
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int):
@@ -86,7 +88,8 @@ def tokenizer_corpus(data_dir: str | Path) -> list[str]:
     raw = load_raw(data_dir)
     rel_lines = [f"-:{r}" for r in raw.relations]
     chars = "".join(raw.charset) + "".join(raw.given_male + raw.given_female) + "".join(raw.surnames)
-    return [*raw.fixed_text().splitlines(), INSTRUCTION, "system", "user", "assistant", *rel_lines, chars]
+    return [*raw.fixed_text().splitlines(), INSTRUCTION, "system", "user", "assistant", *rel_lines, chars,
+            *PROSE_PUNCTUATION]
 
 
 def build_builtin(data_dir: str | Path, cfg: dict[str, Any]):
