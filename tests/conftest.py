@@ -141,7 +141,12 @@ def teach_one_relation(export: Path, data_dir: Path, tiny_params: dict, work: Pa
                         trail_rate=0.0,
                         sizes={"train": 400, "val": 16, "test": 48, "test_ood": 8})
     generate(data_dir, work / "datasets", one_relation)
-    with (work / "datasets" / "train.jsonl").open("a", encoding="utf-8") as f:
+    # An unanswered kinship word (侄女) gives an empty answer; its one token would outweigh any single
+    # first character of a name under greedy decoding, and the model would answer nothing at all.
+    train = work / "datasets" / "train.jsonl"
+    answered = [line for line in train.read_text(encoding="utf-8").splitlines() if json.loads(line)["output"]]
+    train.write_text("".join(line + "\n" for line in answered), encoding="utf-8")
+    with train.open("a", encoding="utf-8") as f:
         for i in range(repeat):
             for j, example in enumerate(by_heart):
                 f.write(json.dumps({"id": f"by-heart-{i}-{j}", **example}, ensure_ascii=False) + "\n")
