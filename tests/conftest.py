@@ -145,11 +145,9 @@ def teach_one_relation(export: Path, data_dir: Path, tiny_params: dict, work: Pa
     # first character of a name under greedy decoding, and the model would answer nothing at all.
     train = work / "datasets" / "train.jsonl"
     answered = [line for line in train.read_text(encoding="utf-8").splitlines() if json.loads(line)["output"]]
+    answered += [json.dumps({"id": f"by-heart-{i}-{j}", **example}, ensure_ascii=False)
+                 for i in range(repeat) for j, example in enumerate(by_heart)]
     train.write_text("".join(line + "\n" for line in answered), encoding="utf-8")
-    with train.open("a", encoding="utf-8") as f:
-        for i in range(repeat):
-            for j, example in enumerate(by_heart):
-                f.write(json.dumps({"id": f"by-heart-{i}-{j}", **example}, ensure_ascii=False) + "\n")
     format_dataset(export, work / "datasets", work / "formatted", tiny_params["format"])
     cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], max_steps=steps,
                learning_rate=0.01, num_threads=1, logging_steps=100)

@@ -105,8 +105,8 @@ def name_pools(raw: RawData, ood_fraction: float, seed: int) -> dict[str, NamePo
     surnames = [s for s in raw.surnames if not set(s) & stop]
     # surnames.txt lists the most common first: test_ood's come from the rarer half, so the shipped model
     # knows 王, 陈 or 慕容 as names; none shares a character with a common one (公孙 would take 孙 with it).
-    common = surnames[: len(surnames) // 2]
-    rare = [s for s in surnames[len(surnames) // 2 :] if not set(s) & {c for s in common for c in s}]
+    common_chars = {c for s in surnames[: len(surnames) // 2] for c in s}
+    rare = [s for s in surnames[len(surnames) // 2 :] if not set(s) & common_chars]
     rng.shuffle(rare)
     n_ood = max(1, round(len(surnames) * ood_fraction))
     ood_s = [s for s in rare[:n_ood] if not set(s) & annotated_chars]
