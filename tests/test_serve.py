@@ -200,7 +200,8 @@ def test_extract_cli_streams_then_prints_relations(server, pipeline_project, inp
 def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_project, tiny_params, examples, tmp_path):
     """Parity: F1 through the server (evaluate --endpoint) == in-process evaluation of the served model,
     and answer by answer against in-process predictions of that model (`parity` in the metrics file)."""
-    from relsft.evaluate import _rounded, evaluate_model, symmetric_relations
+    from relsft.evaluate import _rounded, evaluate_model
+    from relsft.vocabulary import symmetric_relations
     from relsft.generation import load_for_inference
     from relsft.io import jsonl_line
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_file, jsonl_line, read_jsonl, write_json
-from .rawdata import load_raw
+from .vocabulary import symmetric_relations
 
 
 def metric_path(name: str) -> str:
@@ -27,11 +27,6 @@ def score(predictions: list[str], references: list[str], symmetric: list[str]) -
     out = triple.compute(predictions=predictions, references=references, symmetric=symmetric)
     out.update(rouge.compute(predictions=predictions, references=references))
     return out
-
-
-def symmetric_relations(data_dir: str | Path) -> list[str]:
-    """The relations whose pair order is free (relations.tsv), as the unordered scores need them."""
-    return sorted(r.name for r in load_raw(data_dir).relations.values() if r.symmetric)
 
 
 def split_path(dataset_dir: str | Path, split: str, data_dir: str | Path | None = None) -> Path:

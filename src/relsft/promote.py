@@ -76,7 +76,8 @@ class ScoringData:
 
 def score_model(model_dir: str | Path, on: ScoringData, splits: list[str], metric: str = "strict_f1") -> dict[str, float]:
     """`metric` of the exported model in `model_dir` on each split, greedy, as the evaluate stage scores."""
-    from .evaluate import evaluate_model, load_split, symmetric_relations
+    from .evaluate import evaluate_model, load_split
+    from .vocabulary import symmetric_relations
     from .generation import load_for_inference
 
     model, tok = load_for_inference(model_dir)

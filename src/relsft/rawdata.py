@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 from .annotated import Record, load_annotated
+from .vocabulary import (FORMS, SEX_PAIRS, RawDataError, RelationType, content_lines,  # noqa: F401
+                         load_relations, packaged_data_dir, sex_pairs)
 
 FILES = (
     "relations.tsv", "prose/statements.tsv", "prose/clauses.tsv", "prose/kinship.tsv", "surnames.txt",
@@ -30,31 +32,10 @@ PHENOMENA = (
 PLACEHOLDER_RE = re.compile(r"\{(\w*)\}")
 STATEMENT_FIELDS = {"x", "y", "X", "Y", "r", "k"}
 CLAUSE_FIELDS = {"n", "m", "r"}
-FORMS = ("pair", "role")
 SPLITS = ("train", "ood")
 CLAUSE_KINDS = ("lead", "trail", "scene", "deny", "oov")
 KIN_KINDS = ("parent", "child", "spouse", "sibling", "oov")
 LEVEL_1 = 3500  # the first 3,500 characters of the General Standard table are its common level
-
-
-SEX_PAIRS = tuple((a, b) for a in "mf" for b in "mf")  # (x, y), in a fixed order
-
-
-def sex_pairs(spec: str) -> tuple[tuple[str, str], ...]:
-    """The (x, y) sex pairs a two-character spec allows: m, f, or - for either (`m-`: x a man)."""
-    return tuple((a, b) for a, b in SEX_PAIRS if spec[0] in "-" + a and spec[1] in "-" + b)
-
-
-class RawDataError(ValueError):
-    """A raw input file cannot be read; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class RelationType:
-    name: str
-    symmetric: bool
-    forms: tuple[str, ...]
-    sexes: frozenset[tuple[str, str]] = frozenset(SEX_PAIRS)  # (x, y) pairs it allows
 
 
 @dataclass(frozen=True)
@@ -111,16 +92,6 @@ class RawData:
         return "\n".join(parts)
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
-    if not path.exists():
-        raise RawDataError(f"{path}: missing. Run `relsft init-data` to write the default inputs, or `dvc pull`.")
-    out = []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip() and not line.startswith("#"):
-            out.append((no, line.rstrip("\n")))
-    return out
-
-
 def _check_placeholders(path: Path, no: int, text: str, allowed: set[str]) -> None:
     bad = set(PLACEHOLDER_RE.findall(text)) - allowed
     if bad or text.count("{") != text.count("}"):
@@ -162,25 +133,16 @@ def _statement(path: Path, no: int, line: str, relations: dict[str, RelationType
 
 def load_raw(data_dir: str | Path) -> RawData:
     d = Path(data_dir)
-    relations: dict[str, RelationType] = {}
-    for no, line in _lines(d / "relations.tsv"):
-        cols = line.split("\t")
-        sexes = cols[3].split(",") if len(cols) == 4 else ["--"]
-        if len(cols) not in (3, 4) or cols[1] not in ("yes", "no") or not set(cols[2].split(",")) <= set(FORMS) \
-                or not all(len(s) == 2 and set(s) <= set("mf-") for s in sexes):
-            raise RawDataError(f"{d / 'relations.tsv'}:{no}: expected 'relation<TAB>yes|no<TAB>pair,role"
-                               f"[<TAB>sexes, e.g. mf,fm]', got {line!r}")
-        allowed = frozenset(pair for spec in sexes for pair in sex_pairs(spec))
-        relations[cols[0]] = RelationType(cols[0], cols[1] == "yes", tuple(cols[2].split(",")), allowed)
+    relations = load_relations(d)
     for old in ("templates.tsv", "openers.txt", "adverbs.txt", "distractors.txt", "given_chars.txt", "annotated.jsonl"):
         if (d / old).exists():
             raise RawDataError(_MOVED[old].format(d=d))
 
     path = d / "prose" / "statements.tsv"
-    statements = [_statement(path, no, line, relations) for no, line in _lines(path)]
+    statements = [_statement(path, no, line, relations) for no, line in content_lines(path)]
     path = d / "prose" / "clauses.tsv"
     clauses = []
-    for no, line in _lines(path):
+    for no, line in content_lines(path):
         kind, split, text = _columns(path, no, line, 3, "lead|trail|scene|deny|oov<TAB>train|ood<TAB>text")
         if kind not in CLAUSE_KINDS or split not in SPLITS:
             raise RawDataError(f"{path}:{no}: kind must be one of {CLAUSE_KINDS}, split one of {SPLITS}: {line!r}")
@@ -188,16 +150,16 @@ def load_raw(data_dir: str | Path) -> RawData:
         clauses.append(Clause(kind, split, text, no))
     path = d / "prose" / "kinship.tsv"
     kinship = []
-    for no, line in _lines(path):
+    for no, line in content_lines(path):
         word, sex, kind = _columns(path, no, line, 3, "word<TAB>m|f<TAB>parent|child|spouse|sibling|oov")
         if kind not in KIN_KINDS or sex not in ("m", "f", "-") or (sex == "-" and kind != "oov"):
             raise RawDataError(f"{path}:{no}: kind must be one of {KIN_KINDS}, sex m or f (- for an oov word "
                                f"of either sex): {line!r}")
         kinship.append(KinWord(word, sex, kind))
 
-    surnames = [s for _, line in _lines(d / "surnames.txt") for s in line.split()]
-    male, female = ([c for _, line in _lines(d / f) for c in line.strip()] for f in ("given_male.txt", "given_female.txt"))
-    charset = [c for _, line in _lines(d / "chars_general_standard.txt") for c in line.strip()]
+    surnames = [s for _, line in content_lines(d / "surnames.txt") for s in line.split()]
+    male, female = ([c for _, line in content_lines(d / f) for c in line.strip()] for f in ("given_male.txt", "given_female.txt"))
+    charset = [c for _, line in content_lines(d / "chars_general_standard.txt") for c in line.strip()]
     annotated = load_annotated(d)
     return RawData(relations, statements, clauses, kinship, surnames, list(dict.fromkeys(male)),
                    list(dict.fromkeys(female)), list(dict.fromkeys(charset)), annotated)
@@ -214,8 +176,7 @@ _MOVED = {
 }
 
 
-def default_files():
-    return resources.files("relsft") / "resources" / "data"
+
 
 
 def init_data(data_dir: str | Path = "data", force: bool = False) -> list[Path]:
@@ -224,7 +185,7 @@ def init_data(data_dir: str | Path = "data", force: bool = False) -> list[Path]:
     d.mkdir(parents=True, exist_ok=True)
     written, kept = [], []
     for name in FILES:
-        src, dst = default_files() / name, d / name
+        src, dst = packaged_data_dir() / name, d / name
         data = src.read_bytes()
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.exists() and dst.read_bytes() != data and not force:

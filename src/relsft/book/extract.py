@@ -21,11 +21,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 from ..client import DEFAULT_MAX_TOKENS, chat_request
+from ..vocabulary import load_relations_or_packaged
 from .graph import build_graph, grounded, write_outputs
 from .split import Chapter, Passage, passages, read_book
 
@@ -222,16 +222,8 @@ def grounded_graph(chapters: list[Chapter], book: list[Passage], answers: list[s
 
 def relation_sets(data_dir: str | Path | None) -> tuple[set[str], set[str]]:
     """(every relation, the symmetric ones) of `data_dir`/relations.tsv, else of the packaged inputs."""
-    from ..rawdata import default_files, load_raw
-
-    def read(d) -> tuple[set[str], set[str]]:
-        types = load_raw(d).relations.values()
-        return {r.name for r in types}, {r.name for r in types if r.symmetric}
-
-    if data_dir and (Path(data_dir) / "relations.tsv").exists():
-        return read(data_dir)
-    with resources.as_file(default_files()) as d:
-        return read(d)
+    types = load_relations_or_packaged(data_dir).values()
+    return {r.name for r in types}, {r.name for r in types if r.symmetric}
 
 
 def endpoint_from_args(args, params: dict[str, Any]) -> Endpoint:
