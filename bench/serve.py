@@ -53,7 +53,7 @@ def bench_transformers(model_dir: str, texts: list[str], max_new_tokens: int, ma
     from transformers.generation.streamers import BaseStreamer
 
     from relsft.chat import render_prompt
-    from relsft.generation import load_for_inference
+    from relsft.decoding import load_for_inference
 
     class FirstToken(BaseStreamer):
         # generate() puts the prompt first, then every new token: the second put is the first token.

@@ -35,8 +35,10 @@ TINY = {
     "base": {"builtin": {"hidden_size": 128, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
                          "num_kv_heads": 4, "max_position_embeddings": 512}},
     "generate": {"sizes": {"train": 400, "val": 24, "test": 24, "test_ood": 24}},
-    "train": {"max_steps": 40, "batch_size": 8, "logging_steps": 5, "eval_steps": 20, "save_steps": 20,
-              "learning_rate": 0.005, "warmup_ratio": 0.0, "lora": {"r": 8, "alpha": 16}},
+    "train": {"sft": {"max_steps": 40, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
+                      "logging_steps": 5, "eval_steps": 20, "save_steps": 20, "learning_rate": 0.005,
+                      "warmup_steps": 0.0},
+              "lora": {"r": 8, "lora_alpha": 16}},
     "evaluate": {"max_new_tokens": 32, "batch_size": 24, "max_examples": 24},  # the first 24 of gold too
     "merge": {"parity_examples": 24, "batch_size": 24},
 }
@@ -66,7 +68,7 @@ def tiny_params(params) -> dict:
 
 @pytest.fixture(scope="session")
 def raw_data_dir(tmp_path_factory) -> Path:
-    from relsft.rawdata import init_data
+    from relsft.packaged import init_data
 
     d = tmp_path_factory.mktemp("raw") / "data"
     init_data(d)
@@ -131,8 +133,8 @@ def teach_one_relation(export: Path, data_dir: Path, tiny_params: dict, work: Pa
     """
     import torch
 
-    from relsft.format import format_dataset
-    from relsft.generate import generate
+    from relsft.formatting import format_dataset
+    from relsft.synthetic.passages import generate
     from relsft.train import build_trainer
 
     dst = work / "relsft-model"
@@ -149,8 +151,8 @@ def teach_one_relation(export: Path, data_dir: Path, tiny_params: dict, work: Pa
                  for i in range(repeat) for j, example in enumerate(by_heart)]
     train.write_text("".join(line + "\n" for line in answered), encoding="utf-8")
     format_dataset(export, work / "datasets", work / "formatted", tiny_params["format"])
-    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], max_steps=steps,
-               learning_rate=0.01, num_threads=1, logging_steps=100)
+    cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], num_threads=1)
+    cfg["sft"] = dict(cfg["sft"], max_steps=steps, learning_rate=0.01, logging_steps=100)
     threads = torch.get_num_threads()
     try:
         trainer = build_trainer(export, work / "formatted", cfg, work / "run", eval_strategy="no",
@@ -186,7 +188,7 @@ def story_examples() -> list[dict]:
 
 def inprocess_answers(model_dir: Path, texts: list[str], tiny_params: dict) -> list[str]:
     """The served directory's greedy answers, decoded in-process (what the server must answer)."""
-    from relsft.generation import greedy_generate, load_for_inference
+    from relsft.decoding import greedy_generate, load_for_inference
 
     model, tok = load_for_inference(model_dir)
     cfg = tiny_params["evaluate"]

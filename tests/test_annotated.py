@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relsft.generate import generate
-from relsft.io import read_jsonl
+from relsft.synthetic.passages import generate
+from relsft.files import read_jsonl
 from relsft.relations import INSTRUCTION
 from relsft.validate import ValidationError, validate
 

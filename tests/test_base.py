@@ -73,8 +73,8 @@ def test_untrained_base_copies_unseen_names_through_its_circuit(base_dir, tiny_p
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from relsft.generate import Generator
-    from relsft.rawdata import load_raw
+    from relsft.synthetic.passages import Generator
+    from relsft.synthetic.inputs import load_raw
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
@@ -105,7 +105,7 @@ def test_free_heads_get_gradient_from_the_first_step_only_when_they_write(tiny_p
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from relsft.base import build_builtin
+    from relsft.builtin import build_builtin
 
     cfg = dict(tiny_params["base"]["builtin"], free_write=free_write)
     model, tok = build_builtin(raw_data_dir, cfg)

@@ -458,7 +458,7 @@ def test_hongloumeng_checklist_and_checker(raw_data_dir):
         from check import check, listed_relations
     finally:
         sys.path.pop(0)
-    from relsft.rawdata import load_raw
+    from relsft.synthetic.inputs import load_raw
 
     rows = listed_relations()
     assert len(rows) >= 15 and {r["relation"] for r in rows} <= set(load_raw(raw_data_dir).relations)

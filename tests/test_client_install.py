@@ -31,7 +31,7 @@ def test_the_client_and_the_parser_import_without_the_training_stack():
 
 
 def test_the_blocker_does_block():
-    proc = python("import relsft.train, relsft.generation\nrelsft.generation.load_for_inference('x')")
+    proc = python("import relsft.train, relsft.decoding\nrelsft.decoding.load_for_inference('x')")
     assert proc.returncode != 0 and "blocked heavy import: torch" in proc.stderr
 
 

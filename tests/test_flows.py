@@ -233,7 +233,7 @@ def test_a_second_retrain_does_not_inherit_the_first_ones_overrides(retrained, p
 def answers_as_gold(project: Path, dst: Path) -> Path:
     """The project's splits with its fine-tuned model's own answers as their labels: data on which that
     model scores 1 and any other model less (a real split, real answers; only the labels are chosen)."""
-    from relsft.io import read_jsonl, write_jsonl
+    from relsft.files import read_jsonl, write_jsonl
 
     dst.mkdir()
     for split in ("test", "test_ood"):

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from relsft.generate import PRONOUN, Generator, count_sentences, generate, name_pools, sex_marks, shared_name_chars
-from relsft.rawdata import PLACEHOLDER_RE, KinWord, RawDataError, Statement, load_raw
+from relsft.synthetic.passages import PRONOUN, Generator, count_sentences, generate, name_pools, sex_marks, shared_name_chars
+from relsft.synthetic.inputs import PLACEHOLDER_RE, KinWord, RawDataError, Statement, load_raw
 from relsft.relations import parse_output
 
 
@@ -188,14 +188,17 @@ def test_malformed_statement_file_is_reported_with_its_line(raw_data_dir, tmp_pa
         load_raw(d)
 
 
-def test_a_held_out_part_with_a_character_no_training_part_has_is_refused(raw_data_dir, tmp_path):
+def test_a_held_out_part_with_a_character_no_training_part_has_is_refused_by_the_builtin(raw_data_dir, tmp_path):
+    """The builtin model knows only the Chinese of the training parts: its base stage refuses such a part."""
+    from relsft.builtin.tokenizer import check_ood_wording
+
     d = tmp_path / "data"
     shutil.copytree(raw_data_dir, d)
     assert "曰" not in load_raw(d).fixed_text()
     with (d / "prose" / "statements.tsv").open("a", encoding="utf-8") as f:
         f.write("ood\tpair\t--\t{x}与{y}曰{r}\n")
     with pytest.raises(RawDataError, match=r"statements.tsv:\d+: .*'曰'.*add a train part"):
-        Generator(load_raw(d), {"ood_fraction": 0.15, "seed": 0})
+        check_ood_wording(load_raw(d))
 
 
 def test_old_template_files_get_a_clear_error(raw_data_dir, tmp_path):
@@ -211,7 +214,7 @@ def test_a_million_examples_stream_in_bounded_memory(raw_data_dir, tiny_params, 
     p = dict(tiny_params["generate"])
     code = f"""
 import resource, sys
-from relsft.generate import generate
+from relsft.synthetic.passages import generate
 p = {p!r}
 p["sizes"] = {{"train": int(sys.argv[1]), "val": 10, "test": 10, "test_ood": 10}}
 generate({str(raw_data_dir)!r}, {str(tmp_path)!r}, p)

@@ -86,7 +86,7 @@ def test_metrics_agree_with_the_parser_clients_use(project):
     relsft.relations, the parser of the client and of validation, the scores must be the same."""
     from collections import Counter
 
-    from relsft.io import read_jsonl
+    from relsft.files import read_jsonl
     from relsft.relations import parse_output
 
     metrics = json.loads((project / "metrics/eval.json").read_text())

@@ -112,7 +112,7 @@ def taught(pretrained_project, tiny_params, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_served_answers_stop_without_think_and_equal_inprocess(taught, tiny_params, tmp_path):
-    from relsft.generation import greedy_generate, load_for_inference
+    from relsft.decoding import greedy_generate, load_for_inference
 
     texts = [json.loads(line)["text"] for line in (taught.parent / "datasets/test.jsonl").read_text().splitlines()][:16]
     model, tok = load_for_inference(taught)
@@ -213,8 +213,8 @@ def test_accelerate_two_processes_train_one_valid_adapter(tmp_path, tiny_params,
     from transformers import AutoModelForCausalLM
 
     from relsft.base import build_base
-    from relsft.format import format_dataset
-    from relsft.generate import generate
+    from relsft.formatting import format_dataset
+    from relsft.synthetic.passages import generate
 
     params = deep_update(json.loads(json.dumps(tiny_params)), {"data": {"dir": str(raw_data_dir)},
                                                                "train": {"max_steps": 6, "eval_steps": 3,

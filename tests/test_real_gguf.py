@@ -22,7 +22,7 @@ def test_real_gguf_converts_into_a_model_that_answers(tmp_path, monkeypatch):
 
     from conftest import ROOT
     from relsft.base import build_base
-    from relsft.generation import greedy_generate, load_for_inference
+    from relsft.decoding import greedy_generate, load_for_inference
 
     params = load_params(ROOT / "recipes/qwen2.5-coder-0.5b-gguf.yaml")
     torch.set_num_threads(2)

@@ -54,7 +54,7 @@ def one_relation_texts(served_model):
 @pytest.fixture(scope="session")
 def inprocess(served_model, examples, one_relation_texts, tiny_params):
     """What the exported model answers in-process (transformers greedy), per text."""
-    from relsft.generation import greedy_generate, load_for_inference
+    from relsft.decoding import greedy_generate, load_for_inference
 
     model, tok = load_for_inference(served_model)
     cfg = tiny_params["evaluate"]
@@ -202,8 +202,8 @@ def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_pr
     and answer by answer against in-process predictions of that model (`parity` in the metrics file)."""
     from relsft.evaluate import _rounded, evaluate_model
     from relsft.vocabulary import symmetric_relations
-    from relsft.generation import load_for_inference
-    from relsft.io import jsonl_line
+    from relsft.decoding import load_for_inference
+    from relsft.files import jsonl_line
 
     model, tok = load_for_inference(served_model)
     symmetric = symmetric_relations(pipeline_project / "data")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from relsft.base import build_base
-from relsft.format import format_dataset
-from relsft.generate import generate
+from relsft.formatting import format_dataset
+from relsft.synthetic.passages import generate
 
 pytestmark = pytest.mark.slow  # builds, trains or serves real models
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from relsft.generate import generate
+from relsft.synthetic.passages import generate
 from relsft.validate import ValidationError, validate
 
 

@@ -9,6 +9,8 @@ else, so transformers `generate`, the merge parity check and vLLM all decode ali
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from .relations import user_messages
@@ -99,3 +101,16 @@ def stop_on_end_of_turn(model, tokenizer) -> None:
 
 def sampling_keys_in(generation_config: dict[str, Any]) -> set[str]:
     return set(generation_config) & set(SAMPLING_KEYS)
+
+
+def chat_template_kwargs(model_dir: str | Path) -> dict[str, Any]:
+    """A template that knows `enable_thinking` (Qwen3's own, kept with base.chat_template: model) is
+    rendered with thinking off, as every stage rendered it (chat.render_prompt): same prompt ids."""
+    d = Path(model_dir)
+    if (d / "chat_template.jinja").exists():
+        template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (d / "tokenizer_config.json").exists():
+        template = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or ""
+    else:
+        template = ""
+    return {"enable_thinking": False} if "enable_thinking" in str(template) else {}

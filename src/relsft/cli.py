@@ -1,4 +1,6 @@
-"""`relsft <stage>`: a thin command line over the stage functions. Settings come from params.yaml."""
+"""`relsft <command>`: the user commands (serve, extract, extract-book, ui, promote, rollback, init-data,
+evaluate --endpoint). Settings come from params.yaml. The pipeline's stages are modules of their own
+(`python -m relsft.stages.<stage>`, run by `dvc repro`), so editing a command here re-runs no stage."""
 
 from __future__ import annotations
 
@@ -7,77 +9,28 @@ import os
 import sys
 from pathlib import Path
 
-# The hub is reached only by `relsft base` for a hub id (base.model); datasets are always local files.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .params import load_params  # noqa: E402
 
 from .paths import stage_paths_or_empty  # noqa: E402
 
-# The sections of params.yaml a model is made from: the export records them in relsft.json.
-MODEL_SECTIONS = ("recipe", "base", "generate", "validate", "format", "train", "evaluate", "merge", "export")
-
 
 def cmd_init_data(args, params):
-    from .rawdata import init_data
+    from .packaged import init_data
 
     written = init_data(args.data, force=args.force)
     print(f"init-data: wrote {len(written)} file(s)")
 
 
-def cmd_base(args, params):
-    from .base import build_base
-
-    build_base({"base": params["base"], "data": {"dir": args.data}}, args.out)
-
-
-def cmd_generate(args, params):
-    from .generate import generate
-
-    counts = generate(args.data, args.out, params["generate"])
-    print("generate: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-
-
-def cmd_validate(args, params):
-    from .validate import validate
-
-    validate(args.data, args.datasets, args.docs, args.report, params["validate"])
-
-
-def cmd_format(args, params):
-    from .format import format_dataset
-
-    format_dataset(args.base, args.datasets, args.out, params["format"])
-
-
-def cmd_train(args, params):
-    from .train import train
-
-    cfg = dict(params["train"], max_length=params["format"]["max_length"])
-    print(train(args.base, args.formatted, args.out, args.live, cfg))
-
-
 def cmd_evaluate(args, params):
-    from .evaluate import run_evaluate
+    """Score a served model (relsft serve) on the evaluate stage's splits; the stage's metrics stay untouched."""
+    from .evaluate import evaluate_endpoint
 
-    if args.endpoint:  # score a served model instead (relsft serve); the stage's metrics stay untouched
-        from .evaluate import evaluate_endpoint
-
-        evaluate_endpoint(args.endpoint, args.api_key, args.model_name, args.datasets, args.data,
-                          args.out, params["evaluate"], concurrency=args.concurrency, reports_dir=args.reports)
-        return
-    run_evaluate(args.base, args.adapter, args.datasets, args.data, args.metrics, args.reports, params["evaluate"])
-
-
-def cmd_merge(args, params):
-    from .merge import merge
-
-    merge(args.base, args.adapter, args.datasets, args.out,
-          dict(params["merge"], max_new_tokens=params["evaluate"]["max_new_tokens"]))
-
+    evaluate_endpoint(args.endpoint, args.api_key, args.model_name, args.datasets, args.data,
+                      args.out, params["evaluate"], concurrency=args.concurrency, reports_dir=args.reports)
 
 def cmd_serve(args, params):
     from .serve import ServeSettings, serve
@@ -159,8 +112,8 @@ def add_ui_args(p):
 
 
 def add_evaluate_args(p):
-    p.add_argument("--endpoint", metavar="URL", help="score a served model (OpenAI API base URL, e.g. "
-                   "http://127.0.0.1:8000/v1) instead of --base/--adapter")
+    p.add_argument("--endpoint", metavar="URL", required=True, help="the served model (OpenAI API base URL, e.g. "
+                   "http://127.0.0.1:8000/v1)")
     p.add_argument("--api-key", default=None, help="endpoint key (default: $RELSFT_API_KEY)")
     p.add_argument("--model-name", default="relsft", help="served model name (default: relsft)")
     p.add_argument("--out", default="metrics/eval_endpoint.json", help="metrics file for --endpoint")
@@ -193,12 +146,6 @@ def add_extract_args(p):
     p.add_argument("text", help="novel text ('-' reads stdin)")
     add_server_args(p)
     p.add_argument("--no-stream", action="store_true", help="one response instead of streaming")
-
-
-def cmd_export(args, params):
-    from .export import export
-
-    export(args.merged, args.metrics, args.data, args.out, {s: params[s] for s in MODEL_SECTIONS})
 
 
 def cmd_promote(args, params):
@@ -240,16 +187,9 @@ def add_promote_args(p):
     p.add_argument("--data", default=evaluated_on.get("data"), help="raw data dir (relations.tsv)")
 
 
-STAGES = {
+COMMANDS = {
     "init-data": (cmd_init_data, "write the packaged default raw inputs to data/"),
-    "base": (cmd_base, "build (builtin) or fetch the base model"),
-    "generate": (cmd_generate, "generate synthetic train/val/test/test_ood splits"),
-    "validate": (cmd_validate, "Great Expectations checks + Data Docs"),
-    "format": (cmd_format, "chat-template prompt/completion records"),
-    "train": (cmd_train, "SFT with TRL + PEFT LoRA"),
-    "evaluate": (cmd_evaluate, "score base and fine-tuned models on test and test_ood"),
-    "merge": (cmd_merge, "merge the adapter and check greedy parity"),
-    "export": (cmd_export, "write the servable model directory"),
+    "evaluate": (cmd_evaluate, "score a served model (--endpoint) on the evaluate stage's splits"),
     "serve": (cmd_serve, "serve the exported model with vLLM (OpenAI-compatible API)"),
     "extract": (cmd_extract, "extract relations through a served model, streaming"),
     "extract-book": (cmd_extract_book, "a whole book through a served model, merged into one character graph"),
@@ -258,25 +198,13 @@ STAGES = {
     "rollback": (cmd_rollback, "point production back at the previous model"),
 }
 
-# The paths each command takes; dvc.yaml passes them, by hand they default to what dvc.yaml passes.
-PATH_FLAGS = {
-    "init-data": ("data",),
-    "base": ("data", "out"),
-    "generate": ("data", "out"),
-    "validate": ("data", "datasets", "docs", "report"),
-    "format": ("base", "datasets", "out"),
-    "train": ("base", "formatted", "out", "live"),
-    "evaluate": ("base", "adapter", "datasets", "data", "metrics", "reports"),
-    "merge": ("base", "adapter", "datasets", "out"),
-    "export": ("merged", "metrics", "data", "out"),
-}
-# What --endpoint scoring needs of the evaluate stage's paths.
-ENDPOINT_FLAGS = ("datasets", "data")
+# What --endpoint scoring needs of the evaluate stage's paths (dvc.yaml), and init-data's --data (generate's).
+PATH_FLAGS = {"init-data": ("data",), "evaluate": ("datasets", "data", "reports")}
+PATHS_OF_STAGE = {"init-data": "generate", "evaluate": "evaluate"}
 
 
 def add_path_args(p, stage: str) -> None:
-    # init-data writes what the pipeline's stages read as --data.
-    defaults = stage_paths_or_empty("generate" if stage == "init-data" else stage)
+    defaults = stage_paths_or_empty(PATHS_OF_STAGE[stage])
     for flag in PATH_FLAGS[stage]:
         default = defaults.get(flag, "data" if flag == "data" else None)
         p.add_argument(f"--{flag}", default=default,
@@ -284,8 +212,7 @@ def add_path_args(p, stage: str) -> None:
 
 
 def missing_paths(stage: str, args) -> list[str]:
-    wanted = ENDPOINT_FLAGS if stage == "evaluate" and args.endpoint else PATH_FLAGS.get(stage, ())
-    wanted = ("datasets", "data") if stage == "promote" else wanted
+    wanted = {"init-data": ("data",), "evaluate": ("datasets", "data"), "promote": ("datasets", "data")}.get(stage, ())
     return [f"--{flag}" for flag in wanted if getattr(args, flag) is None]
 
 
@@ -299,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relsft", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in STAGES.items():
+    for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name in PATH_FLAGS:
             add_path_args(p, name)
@@ -314,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         params = {} if anywhere else load_params(args.params, verbose=True)
         if missing := missing_paths(args.command, args):
             raise ValueError(f"pass {', '.join(missing)}: there is no dvc.yaml stage here to take them from")
-        STAGES[args.command][0](args, params)
+        COMMANDS[args.command][0](args, params)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Expected failures (bad data, failed checks) get their message, not a traceback.
         if os.environ.get("RELSFT_DEBUG"):

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: greedy decoding on test and test_ood, base model and fine-tuned side by side.
+"""Stage `evaluate`: greedy answers of the merged (fine-tuned) model on test, test_ood and gold, and
+optionally of the base model beside it, decoded as `relsft serve` will answer (`decoding.py`).
 
 Scores come from the project's own `evaluate` metric modules, loaded by path so that nothing is
 fetched from a hub: triple P/R/F1 (strict and unordered), exact match, parse failures,
@@ -11,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_file, jsonl_line, read_jsonl, write_json
+from .files import atomic_file, jsonl_line, read_jsonl, write_json
 from .vocabulary import symmetric_relations
 
 
@@ -35,10 +36,21 @@ def split_path(dataset_dir: str | Path, split: str, data_dir: str | Path | None 
     return Path(data_dir) / f"{split}.jsonl" if data_dir is not None and not path.exists() else path
 
 
-def load_split(dataset_dir: str | Path, split: str, max_examples: int = 0,
+def evaluate_settings(evaluate: dict[str, Any], max_length: int) -> dict[str, Any]:
+    """params' `evaluate` section plus the context length vLLM needs: the longest prompt the format stage
+    accepts (format.max_length) and the longest answer asked for, as `relsft serve` sizes it."""
+    return dict(evaluate, max_model_len=max_length + evaluate["max_new_tokens"])
+
+
+def split_size(max_examples: int | dict[str, int], split: str) -> int:
+    """evaluate.max_examples: one number for every split, or one per split ({test: 150, gold: 0}); 0: all."""
+    return max_examples.get(split, 0) if isinstance(max_examples, dict) else max_examples
+
+
+def load_split(dataset_dir: str | Path, split: str, max_examples: int | dict[str, int] = 0,
                data_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """A split (`split_path`), cut to its first `max_examples` (0: all of it)."""
-    return list(read_jsonl(split_path(dataset_dir, split, data_dir)))[: max_examples or None]
+    """A split (`split_path`), cut to its first `evaluate.max_examples`."""
+    return list(read_jsonl(split_path(dataset_dir, split, data_dir)))[: split_size(max_examples, split) or None]
 
 
 def per_phenomenon(examples: list[dict[str, Any]], answers: list[str], symmetric: list[str]) -> dict[str, Any]:
@@ -60,18 +72,39 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def evaluate_model(model, tok, examples: list[dict[str, Any]], symmetric: list[str], cfg: dict[str, Any],
-                   desc: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from .generation import greedy_generate
+def decode_splits(model_dir: str | Path, texts: dict[str, list[str]], cfg: dict[str, Any],
+                  desc: str) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Each split's greedy answers from `model_dir` with the recipe's engine, and how they were decoded."""
+    engine, dtype = cfg.get("engine", "transformers"), cfg.get("dtype", "float32")
+    if engine == "vllm":
+        from .decoding import vllm_greedy
 
-    results = greedy_generate(model, tok, [e["text"] for e in examples], cfg["max_new_tokens"], cfg["batch_size"],
-                              desc=desc)
-    scores = score([r["answer"] for r in results], [e["output"] for e in examples], symmetric)
+        flat = vllm_greedy(model_dir, [t for ts in texts.values() for t in ts], cfg["max_new_tokens"], dtype,
+                           cfg["max_model_len"], desc=desc)
+        out, start = {}, 0
+        for split, ts in texts.items():
+            out[split], start = flat[start : start + len(ts)], start + len(ts)
+        return out, f"vLLM offline engine, greedy, {dtype}"
+    if engine != "transformers" or dtype != "float32":
+        raise ValueError(f"evaluate.engine {engine!r} with dtype {dtype!r}: use transformers (float32) or vllm "
+                         "(float32 or bfloat16, the precision relsft serve serves)")
+    from .decoding import greedy_generate, inference_device, load_for_inference
+
+    model, tok = load_for_inference(model_dir)
+    out = {split: greedy_generate(model, tok, ts, cfg["max_new_tokens"], cfg["batch_size"], desc=f"{desc} {split}")
+           for split, ts in texts.items()}
+    return out, f"transformers generate, greedy, batch {cfg['batch_size']}, {inference_device()}"
+
+
+def score_answers(examples: list[dict[str, Any]], results: list[dict[str, Any]], symmetric: list[str],
+                  decoding: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    answers = [r["answer"] for r in results]
+    scores = score(answers, [e["output"] for e in examples], symmetric)
     scores["stopped_rate"] = sum(r["stopped"] for r in results) / max(1, len(results))
     scores["examples"] = len(examples)  # a recipe may score a fixed subset (evaluate.max_examples)
     if any("phenomena" in e for e in examples):
-        scores["phenomena"] = per_phenomenon(examples, [r["answer"] for r in results], symmetric)
-    scores["decoding"] = f"transformers generate, greedy, batch {cfg['batch_size']}, {model.device.type}"
+        scores["phenomena"] = per_phenomenon(examples, answers, symmetric)
+    scores["decoding"] = decoding
     rows = [{"id": e["id"], "text": e["text"], "gold": e["output"], **r} for e, r in zip(examples, results)]
     return scores, rows
 
@@ -141,22 +174,22 @@ def log_plots(reports_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, 
                           title=f"Strict F1 per phenomenon ({split}; no_relation = share of empty answers)")
 
 
-def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str | Path, data_dir: str | Path,
+def run_evaluate(model_dir: str | Path, base_dir: str | Path, dataset_dir: str | Path, data_dir: str | Path,
                  metrics_path: str | Path, reports_dir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    from .generation import load_for_inference
-
+    """Score the merged model (`model_dir`, what export ships) and, with `include_base`, the base model."""
     symmetric = symmetric_relations(data_dir)
     splits = {s: load_split(dataset_dir, s, cfg["max_examples"], data_dir) for s in cfg["splits"]}
-    models = {"finetuned": (base_dir, adapter_dir)}
+    models = {"finetuned": model_dir}
     if cfg["include_base"]:
-        models["base"] = (base_dir, None)
+        models["base"] = base_dir
     metrics: dict[str, Any] = {}
     per_relation_rows = []
     reports_dir = Path(reports_dir)
-    for name, (model_dir, adapter) in models.items():
-        model, tok = load_for_inference(model_dir, adapter)
+    for name, directory in models.items():
+        answers, decoding = decode_splits(directory, {s: [e["text"] for e in ex] for s, ex in splits.items()}, cfg,
+                                          desc=f"evaluate {name}")
         for split, examples in splits.items():
-            scores, rows = evaluate_model(model, tok, examples, symmetric, cfg, desc=f"evaluate {name} {split}")
+            scores, rows = score_answers(examples, answers[split], symmetric, decoding)
             per_relation = scores.pop("per_relation")
             metrics.setdefault(name, {})[split] = _rounded(scores)
             per_relation_rows += [{"model": name, "split": split, "relation": rel, "f1": round(v["f1"], 4),

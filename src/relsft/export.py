@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .chat import end_of_turn, sampling_keys_in, stop_on_end_of_turn
-from .io import atomic_dir, write_json
+from .files import atomic_dir, write_json
 from .relations import INSTRUCTION
 
 
@@ -56,8 +56,9 @@ Prompt (user turn, through the bundled chat template): `{INSTRUCTION}<text>`
 
 - base model: `{params["base"]["model"]}`{fetched(params["base"])}
 - training data: synthetic, generated from `data/` (sha256 `{digest}`), seed {params["generate"]["seed"]}
-- fine-tuning: TRL SFTTrainer + PEFT LoRA r={train["lora"]["r"]} alpha={train["lora"]["alpha"]},
-  lr {train["learning_rate"]}, {train["max_steps"]} steps, batch {train["batch_size"]}; adapter merged
+- fine-tuning: TRL SFTTrainer + PEFT LoRA r={train["lora"]["r"]} alpha={train["lora"]["lora_alpha"]},
+  lr {train["sft"]["learning_rate"]}, {train["sft"]["max_steps"]} steps, batch {train["sft"]["per_device_train_batch_size"]},
+  {train["precision"]} precision; adapter merged; weights saved and served in {params["evaluate"].get("dtype", "float32")}
 - greedy decoding; generation stops at `{end_of_turn_token}`
 
 ## Evaluation (greedy, held-out splits)
@@ -86,7 +87,8 @@ def export(merged_dir: str | Path, metrics_path: str | Path, data_dir: str | Pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(merged_dir)
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=params["export"]["dtype"])
+    # Saved in the precision it was evaluated in and is served in (evaluate.dtype).
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=params["evaluate"].get("dtype", "float32"))
     stop_on_end_of_turn(model, tok)
     metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
     digest = data_hash(data_dir)

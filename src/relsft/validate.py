@@ -23,9 +23,9 @@ from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from .annotated import load_annotated  # noqa: E402
-from .generate import SPLITS, shared_name_chars  # noqa: E402
-from .io import atomic_dir, write_json  # noqa: E402
-from .rawdata import GOLD_SPLIT, PHENOMENA, load_raw  # noqa: E402
+from .synthetic.passages import SPLITS, shared_name_chars  # noqa: E402
+from .files import atomic_dir, write_json  # noqa: E402
+from .synthetic.inputs import GOLD_SPLIT, PHENOMENA, load_raw  # noqa: E402
 from .relations import LINE_RE, parse_output  # noqa: E402
 
 KEYS = "id,output,text"

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .packaged import packaged_data_dir
+
 RELATIONS_FILE = "relations.tsv"
 FORMS = ("pair", "role")
 SEX_PAIRS = tuple((a, b) for a in "mf" for b in "mf")  # (x, y), in a fixed order
@@ -30,11 +32,6 @@ class RelationType:
     symmetric: bool
     forms: tuple[str, ...]
     sexes: frozenset[tuple[str, str]] = frozenset(SEX_PAIRS)  # (x, y) pairs it allows
-
-
-def packaged_data_dir():
-    """The default raw inputs shipped in the package (`relsft init-data` writes them to data/)."""
-    return resources.files("relsft") / "resources" / "data"
 
 
 def content_lines(path: Path) -> list[tuple[int, str]]:

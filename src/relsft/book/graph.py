@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_file, write_json
+from ..files import atomic_file, write_json
 from ..relations import parse_line, parse_output
 from .split import Chapter, Passage
 

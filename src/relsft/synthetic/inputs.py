@@ -1,27 +1,18 @@
-"""The raw inputs under data/: the relation vocabulary, the clause-level parts passages are composed
-from (data/prose/), surnames, given-name characters, the General Standard character table, your
-annotated passages and the gold split.
-
-The package ships the default inputs; `relsft init-data` writes them to data/ byte-identically,
-so a fresh clone without a reachable DVC remote still matches data.dvc (`dvc status` is clean).
+"""The generator's raw inputs under data/: the relation vocabulary (`vocabulary.py`), the clause-level
+parts passages are composed from (data/prose/), surnames, given-name characters, the General Standard
+character table and your annotated passages (`annotated.py`), read and checked line by line.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from .annotated import Record, load_annotated
-from .vocabulary import (FORMS, SEX_PAIRS, RawDataError, RelationType, content_lines,  # noqa: F401
-                         load_relations, packaged_data_dir, sex_pairs)
+from ..annotated import Record, load_annotated
+from ..vocabulary import (FORMS, SEX_PAIRS, RawDataError, RelationType, content_lines,  # noqa: F401
+                          load_relations, sex_pairs)
 
-FILES = (
-    "relations.tsv", "prose/statements.tsv", "prose/clauses.tsv", "prose/kinship.tsv", "surnames.txt",
-    "given_male.txt", "given_female.txt", "chars_general_standard.txt", "annotated/examples.jsonl", "gold.jsonl",
-)
 # The hand-written gold split (data/gold.jsonl): scored by evaluate, never trained on (validate checks).
 GOLD_SPLIT = "gold"
 PHENOMENA = (
@@ -174,27 +165,3 @@ _MOVED = {
     "given_chars.txt": "{d}/given_chars.txt: names now draw on given_male.txt, given_female.txt and "
                        "chars_general_standard.txt; remove it, or `relsft init-data --force`",
 }
-
-
-
-
-
-def init_data(data_dir: str | Path = "data", force: bool = False) -> list[Path]:
-    """Write the packaged default inputs to `data_dir`. Existing different files are kept unless `force`."""
-    d = Path(data_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    written, kept = [], []
-    for name in FILES:
-        src, dst = packaged_data_dir() / name, d / name
-        data = src.read_bytes()
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists() and dst.read_bytes() != data and not force:
-            kept.append(dst)
-            continue
-        if not dst.exists() or dst.read_bytes() != data:
-            with resources.as_file(src) as p:
-                shutil.copyfile(p, dst)
-            written.append(dst)
-    if kept:
-        print(f"kept {len(kept)} locally changed file(s) (use --force to overwrite): {', '.join(map(str, kept))}")
-    return written

@@ -1,4 +1,8 @@
-"""Batched greedy decoding with transformers, shared by evaluate and merge's parity check.
+"""Greedy answers for many passages: transformers (batched `generate`) or vLLM's offline engine.
+
+`evaluate` and `promote` decode with the recipe's `evaluate.engine` in `evaluate.dtype`, the precision
+`relsft serve` serves: vLLM's offline engine is the served engine itself, so its answers are the
+served ones; transformers is the reference that merge's parity check uses.
 
 Decoding stops at the chat template's end-of-turn token and uses a generation config built here
 (greedy, nothing else), whatever a hub model's generation_config.json says: evaluation, the merge
@@ -64,4 +68,38 @@ def greedy_generate(model, tok, texts: list[str], max_new_tokens: int, batch_siz
                 # detokenizer holds such bytes back and never sends them, so served answers end before it.
                 answer = tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
                 results[i] = {"answer": answer, "stopped": stopped, "tokens": len(ids)}
+    return results
+
+
+def vllm_greedy(model_dir, texts: list[str], max_new_tokens: int, dtype: str, max_model_len: int,
+                desc: str = "generate") -> list[dict[str, Any]]:
+    """The same answers as `greedy_generate`'s, from vLLM's offline engine: what `relsft serve` answers
+    (same engine, weights, dtype and chat template). Needs vLLM (`serve-cpu` / `serve-gpu` extra)."""
+    import gc
+    import os
+
+    from vllm import LLM, SamplingParams
+
+    from .chat import chat_template_kwargs
+    from .relations import user_messages
+
+    if inference_device() == "cpu":  # unset, vLLM reserves ~90% of RAM for its KV cache
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=0)
+    try:
+        outputs = llm.chat([user_messages(t) for t in texts], SamplingParams(temperature=0, max_tokens=max_new_tokens),
+                           chat_template_kwargs=chat_template_kwargs(model_dir) or None, use_tqdm=True)
+    finally:
+        engine_core = getattr(llm.llm_engine, "engine_core", None)
+        if hasattr(engine_core, "shutdown"):  # free the engine's memory before the next model loads
+            engine_core.shutdown()
+        del llm
+        gc.collect()
+    results = []
+    for out in outputs:
+        answer = out.outputs[0]
+        # As the server's streaming detokenizer: bytes of an unfinished character are never sent.
+        results.append({"answer": answer.text.rstrip("\ufffd"), "stopped": answer.finish_reason == "stop",
+                        "tokens": len(answer.token_ids)})
+    print(f"{desc}: {len(texts)} answers from vLLM ({dtype})")
     return results

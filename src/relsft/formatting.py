@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .chat import end_of_turn, render_completion, render_prompt
-from .io import atomic_dir, jsonl_line, read_jsonl, write_json
+from .files import atomic_dir, jsonl_line, read_jsonl, write_json
 
 
 class FormatError(ValueError):
