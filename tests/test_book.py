@@ -212,6 +212,26 @@ def test_symmetric_relations_from_the_packaged_data(raw_data_dir):
     assert symmetric < vocabulary and "师父" in vocabulary
 
 
+
+def test_bonds_of_the_vocabulary_and_old_files_still_load(tmp_path):
+    from relsft.vocabulary import RawDataError, load_relations, load_relations_or_packaged
+
+    v = load_relations_or_packaged(None)
+    assert {n for n, r in v.items() if r.bond == "师徒"} == {"师徒", "师父", "师傅", "师尊", "徒弟"}
+    assert [n for n, r in v.items() if r.reverse] == ["师妹", "徒弟"]
+    assert v["徒弟"].edge("紫灵", "韩立") == ("韩立", "紫灵") == v["师父"].edge("韩立", "紫灵")  # the inverse
+    assert v["师妹"].bond == v["师兄"].bond == v["师姐"].bond and v["师兄弟"].bond == "同门"
+    assert v["师叔"].bond == "师叔" and v["父子"].bond == "父子"  # no inverse label: a bond of its own
+    # relations.tsv before bonds (3 or 4 columns) loads as it did: every label a bond of its own
+    (tmp_path / "relations.tsv").write_text("师父\tno\trole\n师姐\tno\trole\tf-\n", encoding="utf-8")
+    old = load_relations(tmp_path)
+    assert old["师父"].bond == "师父" and not old["师父"].reverse and old["师姐"].sexes == v["师姐"].sexes
+    for bad in ("好友\tyes\tpair\t--\t~好友", "师父\tno\trole\t--\t", "师父\tno\trole\t--\t师徒\tx",
+                "师父\tno\trole\t--\t同门\n同门\tyes\tpair"):
+        (tmp_path / "relations.tsv").write_text(bad + "\n", encoding="utf-8")
+        with pytest.raises(RawDataError, match="relations.tsv"):
+            load_relations(tmp_path)
+
 # --- requests, retries and the cache, on a fake server ---------------------------------------
 
 class FakeServer:
