@@ -569,7 +569,8 @@ def test_killed_run_resumes_with_only_the_missing_passages(book_server, book_dir
 
 
 def test_hongloumeng_checklist_and_checker(raw_data_dir):
-    """The demo's hand-checked list uses the vocabulary, and the checker honours direction and aliases."""
+    """The demo's hand-checked list uses the vocabulary, and the checker honours direction, bonds
+    and aliases, and measures precision over the edges between listed characters."""
     sys.path.insert(0, str(ROOT / "examples" / "hongloumeng"))
     try:
         from check import check, listed_relations
@@ -581,9 +582,11 @@ def test_hongloumeng_checklist_and_checker(raw_data_dir):
     assert len(rows) >= 15 and {r["relation"] for r in rows} <= set(load_raw(raw_data_dir).relations)
     assert len({(r["a"][0], r["b"][0], r["relation"]) for r in rows}) == len(rows)
 
-    def graph(*edges):
-        return {"nodes": [], "edges": [{"source": s, "target": t, "relation": r, "symmetric": sym}
-                                       for s, t, r, sym in edges]}
+    def graph(*edges, names=None):
+        names = names or {}
+        ends = sorted({n for s, t, *_ in edges for n in (s, t)})
+        return {"nodes": [{"id": n, "names": names.get(n, [n])} for n in ends],
+                "edges": [{"source": s, "target": t, "relation": r, "symmetric": sym} for s, t, r, sym in edges]}
 
     def recovered(*edges):
         return {f["pair"] for f in check(graph(*edges), rows)["relations"] if f["recovered"]}
@@ -592,3 +595,32 @@ def test_hongloumeng_checklist_and_checker(raw_data_dir):
     assert recovered(("黛玉", "林如海", "父女", False)) == set()                  # direction matters
     assert recovered(("封氏", "甄士隐", "夫妻", True)) == {"甄士隐-封氏:夫妻"}    # symmetric: either order
     assert recovered(("林如海", "黛玉", "母女", False)) == set()                  # the label must agree
+    # one bond: 师父 or 徒弟 the other way recover 师徒 (a graph before bonds has labels, not bonds)
+    assert recovered(("雨村", "黛玉", "师父", False)) == recovered(("黛玉", "贾雨村", "徒弟", False)) \
+        == recovered(("贾雨村", "林黛玉", "师徒", False)) == {"贾雨村-黛玉:师徒"}
+    assert recovered(("黛玉", "贾雨村", "师父", False)) == set()
+
+    result = check(graph(("林如海", "黛玉", "父女", False), ("贾政", "贾宝玉", "父子", False),
+                         ("贾政", "黛玉", "父女", False), ("韩立", "黛玉", "好友", True),
+                         names={"林如海": ["林如海", "如海"], "贾宝玉": ["贾宝玉", "宝玉"]}), rows)
+    assert (result["recovered"], result["listed"], result["judged_edges"], result["correct_edges"]) == (
+        2, len(rows), 3, 2)  # 韩立 is no listed character: his edge is not judged
+    assert result["precision"] == round(2 / 3, 4) and result["recall"] == round(2 / len(rows), 4)
+    assert [j["edge"] for j in result["judged"] if j["listed"] is None] == ["贾政-黛玉:父女"]
+    assert check(graph(), rows)["precision"] is None
+
+
+def test_hongloumeng_checker_cli(tmp_path):
+    """`check.py graph.json --json out` as the README runs it, on a graph extract-book's code made."""
+    chapters = [Chapter("第二回", "林如海之女黛玉。雨村教黛玉，林如海谢他。")]
+    _, book = passages(chapters, max_chars=12, overlap=0)
+    assert len(book) == 2
+    graph = grounded_graph(chapters, book, ["林如海-黛玉:父女", "黛玉-雨村:徒弟\n雨村-林如海:好友"], VOCABULARY)
+    write_outputs(graph, tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "hongloumeng" / "check.py"),
+                           str(tmp_path / "graph.json"), "--json", str(tmp_path / "check.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "✗ 林如海-雨村:好友 (between listed characters, not listed)" in proc.stdout
+    assert proc.stdout.splitlines()[-1].endswith("precision 2 of 3 edges between listed characters (0.6667)")
+    assert json.loads((tmp_path / "check.json").read_text(encoding="utf-8"))["recovered"] == 2
