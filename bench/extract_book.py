@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph, relation_sets  # noqa: E402
+from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph  # noqa: E402
 from relsft.book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP, Chapter, passages, read_book  # noqa: E402
 from relsft.params import load_params  # noqa: E402
 from relsft.serve import ServeSettings, VLLMServer, free_port  # noqa: E402
+from relsft.vocabulary import RelationType, load_relations_or_packaged  # noqa: E402
 
 API_KEY = "bench"
 
@@ -39,7 +40,7 @@ def default_book(dataset: Path) -> list[Chapter]:
     return [Chapter(dataset.name, "\n".join("".join(texts[i : i + 3]) for i in range(0, len(texts), 3)))]
 
 
-def arm(endpoint: Endpoint, chapters, book, concurrency: int, relations: tuple[set[str], set[str]],
+def arm(endpoint: Endpoint, chapters, book, concurrency: int, relations: dict[str, RelationType],
         max_seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cache = AnswerCache(Path(tmp) / "cache.jsonl")
@@ -77,7 +78,7 @@ def main() -> None:
     _, book = passages(chapters, args.max_chars, args.overlap)
     # With prefix caching off, a warm-up passage that is measured again later gains nothing from it.
     warm_up, book = book[-4:], book[: args.passages]
-    relations = relation_sets("data")  # the project's data/ (dvc.yaml's --data), else the packaged inputs
+    relations = load_relations_or_packaged("data")  # the project's data/ (dvc.yaml's --data), else the packaged inputs
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = ServeSettings.from_params(params, model=args.model, host="127.0.0.1", port=free_port(),

@@ -195,14 +195,18 @@ def inprocess_answers(model_dir: Path, texts: list[str], tiny_params: dict) -> l
     return [r["answer"] for r in greedy_generate(model, tok, texts, cfg["max_new_tokens"], cfg["batch_size"])]
 
 
-def inprocess_graph(model_dir: Path, chapters, max_chars: int, overlap: int, tiny_params: dict, data_dir: Path):
+def inprocess_graph(model_dir: Path, chapters, max_chars: int, overlap: int, tiny_params: dict, data_dir: Path,
+                    aliases: Path | None = None):
     """The in-process answers to every passage, merged by extract-book's code."""
-    from relsft.book.extract import grounded_graph, relation_sets
+    from relsft.book.aliases import read_alias_file
+    from relsft.book.extract import grounded_graph
     from relsft.book.split import passages
+    from relsft.vocabulary import load_relations_or_packaged
 
     _, book = passages(chapters, max_chars, overlap)
     answers = inprocess_answers(model_dir, [p.text for p in book], tiny_params)
-    return grounded_graph(chapters, book, answers, relation_sets(data_dir))
+    return grounded_graph(chapters, book, answers, load_relations_or_packaged(data_dir),
+                          read_alias_file(aliases) if aliases else None)
 
 
 @pytest.fixture(scope="session")

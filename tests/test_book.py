@@ -23,14 +23,16 @@ import httpx
 import openai
 import pytest
 
-from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph, relation_sets
+from relsft.book.aliases import FILE, GIVEN_NAME, SEVERAL, AliasFile, read_alias_file
+from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph
 from relsft.book.graph import build_graph, grounded, write_outputs
 from relsft.book.split import Chapter, fit_sentences, passages, read_book, split_chapters, split_sentences
 from conftest import TAUGHT_KEY as API_KEY, inprocess_graph
 from relsft.relations import INSTRUCTION
 from relsft.serve import free_port
+from relsft.vocabulary import RawDataError, load_relations, load_relations_or_packaged
 
-SYMMETRIC = {"好友", "夫妻", "敌对"}
+VOCABULARY = load_relations_or_packaged(None)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,11 +120,11 @@ def test_read_book_directory_file_headings_and_stdin(tmp_path, monkeypatch):
 
 # --- merging ---------------------------------------------------------------------------------
 
-def merged(answers: list[str], chapters=None):
+def merged(answers: list[str], chapters=None, aliases=None):
     chapters = chapters or [Chapter("c1", "韩立。紫灵。萧炎。林清。韩立！"), Chapter("c2", "韩立与萧炎。")]
     _, book = passages(chapters, max_chars=3, overlap=0)
     assert len(book) >= len(answers)
-    return build_graph(chapters, book[:len(answers)], answers, SYMMETRIC), book
+    return build_graph(chapters, book[:len(answers)], answers, VOCABULARY, aliases), book
 
 
 def edge(graph, source, target, rel):
@@ -138,8 +140,9 @@ def test_symmetric_pairs_merge_and_duplicates_count_once():
     assert [ev["passage"] for ev in friends["evidence"]] == [0, 1]  # a line repeated in one answer: once
     ev = friends["evidence"][0]
     assert ev == {"chapter": "c1", "chapter_index": 0, "passage": 0, "sentences": [book[0].first, book[0].last],
-                  "chars": [book[0].start, book[0].end], "text": book[0].text}
-    assert edge(graph, "韩立", "紫灵", "师父")["symmetric"] is False  # direction kept
+                  "chars": [book[0].start, book[0].end], "text": book[0].text, "lines": ["韩立-紫灵:好友"]}
+    assert friends["evidence"][1]["lines"] == ["紫灵-韩立:好友"]  # as the model wrote it
+    assert edge(graph, "韩立", "紫灵", "师徒")["symmetric"] is False  # direction kept
 
 
 def test_contradictions_are_kept_and_flagged():
@@ -149,25 +152,42 @@ def test_contradictions_are_kept_and_flagged():
     assert edge(graph, "紫灵", "林清", "父子")["conflict"] and edge(graph, "林清", "紫灵", "父子")["conflict"]
     assert not edge(graph, "紫灵", "韩立", "好友")["conflict"]
     assert graph["conflicts"] == [
-        {"pair": ["林清", "紫灵"], "edges": [{"source": "林清", "target": "紫灵", "relation": "父子"},
-                                            {"source": "紫灵", "target": "林清", "relation": "父子"}]},
-        {"pair": ["萧炎", "韩立"], "edges": [{"source": "萧炎", "target": "韩立", "relation": "好友"},
-                                            {"source": "萧炎", "target": "韩立", "relation": "敌对"}]},
+        {"pair": ["林清", "紫灵"], "reason": "one bond both ways",
+         "edges": [{"source": "林清", "target": "紫灵", "relation": "父子"},
+                   {"source": "紫灵", "target": "林清", "relation": "父子"}]},
+        {"pair": ["萧炎", "韩立"], "reason": "several bonds",
+         "edges": [{"source": "萧炎", "target": "韩立", "relation": "好友"},
+                   {"source": "萧炎", "target": "韩立", "relation": "敌对"}]},
     ]
+
+
+def test_an_inverse_or_a_synonym_is_the_same_edge_and_no_conflict():
+    graph, _ = merged(["韩立-紫灵:师父", "紫灵-韩立:徒弟\n韩立-紫灵:师尊", "萧炎-林清:师兄", "林清-萧炎:师妹"])
+    assert graph["conflicts"] == [] and len(graph["edges"]) == 2
+    bond = edge(graph, "韩立", "紫灵", "师徒")  # master -> disciple, whichever side the model spoke from
+    assert bond["labels"] == ["师尊", "师父", "徒弟"] and not bond["conflict"]
+    assert [ev["lines"] for ev in bond["evidence"]] == [["韩立-紫灵:师父"], ["紫灵-韩立:徒弟", "韩立-紫灵:师尊"]]
+    assert edge(graph, "萧炎", "林清", "师兄/师姐")["labels"] == ["师兄", "师妹"]
+    # the inverse the wrong way round says the opposite: a contradiction
+    graph, _ = merged(["韩立-紫灵:师父", "韩立-紫灵:徒弟"])
+    assert graph["conflicts"] == [{"pair": ["紫灵", "韩立"], "reason": "one bond both ways", "edges": [
+        {"source": "紫灵", "target": "韩立", "relation": "师徒"}, {"source": "韩立", "target": "紫灵", "relation": "师徒"}]}]
 
 
 def test_nodes_unparsed_lines_and_determinism():
     answers = ["韩立-紫灵:好友\n不是关系", "", "萧炎-韩立:敌对", "韩立-紫灵:好友"]
     graph, _ = merged(answers)
-    assert graph["nodes"] == [{"id": "紫灵", "mentions": 1, "passages": 2}, {"id": "萧炎", "mentions": 2, "passages": 1},
-                              {"id": "韩立", "mentions": 3, "passages": 3}]
+    assert graph["nodes"] == [{"id": "紫灵", "names": ["紫灵"], "mentions": 1, "passages": 2},
+                              {"id": "萧炎", "names": ["萧炎"], "mentions": 2, "passages": 1},
+                              {"id": "韩立", "names": ["韩立"], "mentions": 3, "passages": 3}]
+    assert graph["merges"] == [] and graph["kept_apart"] == []
     assert graph["unparsed"] == [{"passage": 0, "line": "不是关系"}]
     # The same answers in any order of arrival give the same graph (answers are matched by passage).
     chapters = [Chapter("c1", "韩立。紫灵。萧炎。林清。韩立！"), Chapter("c2", "韩立与萧炎。")]
     _, book = passages(chapters, max_chars=3, overlap=0)
     order = list(range(len(answers)))
     random.Random(0).shuffle(order)
-    shuffled = build_graph(chapters, [book[i] for i in order], [answers[i] for i in order], SYMMETRIC)
+    shuffled = build_graph(chapters, [book[i] for i in order], [answers[i] for i in order], VOCABULARY)
     assert shuffled == graph
 
 
@@ -180,11 +200,89 @@ def test_writers(tmp_path):
     assert json.loads(paths[0].read_text(encoding="utf-8")) == graph
     g = nx.read_graphml(paths[1])
     assert set(g.nodes) == {"紫灵", "萧炎", "韩立"} and g.nodes["韩立"]["mentions"] == 3
-    assert sorted((u, v, d["relation"], d["weight"], d["conflict"]) for u, v, d in g.edges(data=True)) == [
-        ("紫灵", "韩立", "好友", 2, False), ("萧炎", "韩立", "敌对", 1, True), ("韩立", "萧炎", "师父", 1, True)]
+    assert sorted((u, v, d["relation"], d["labels"], d["weight"], d["conflict"]) for u, v, d in g.edges(data=True)) \
+        == [("紫灵", "韩立", "好友", "好友", 2, False), ("萧炎", "韩立", "敌对", "敌对", 1, True),
+            ("韩立", "萧炎", "师徒", "师父", 1, True)]
     rows = list(csv.DictReader(paths[2].open(encoding="utf-8")))
-    assert [(r["source"], r["target"], r["relation"], r["evidence_count"], r["chapters"]) for r in rows] == [
-        ("紫灵", "韩立", "好友", "2", "c1"), ("萧炎", "韩立", "敌对", "1", "c1"), ("韩立", "萧炎", "师父", "1", "c1")]
+    assert [(r["source"], r["target"], r["relation"], r["labels"], r["evidence_count"], r["chapters"])
+            for r in rows] == [("紫灵", "韩立", "好友", "好友", "2", "c1"), ("萧炎", "韩立", "敌对", "敌对", "1", "c1"),
+                               ("韩立", "萧炎", "师徒", "师父", "1", "c1")]
+
+
+# --- one node per person ---------------------------------------------------------------------
+
+BOOK = [Chapter("第一回", "贾政是贾宝玉的父亲。宝玉爱着林黛玉。宝玉与黛玉同来。王宝玉见了贾政。士隐与甄士隐。")]
+ANSWERS = ["贾政-贾宝玉:父子", "宝玉-林黛玉:恋人", "宝玉-黛玉:恋人\n黛玉-宝玉:恋人"]
+
+
+def people(answers, aliases=None):
+    _, book = passages(BOOK, max_chars=10, overlap=0)  # one sentence a passage
+    assert [p.text for p in book][:2] == ["贾政是贾宝玉的父亲。", "宝玉爱着林黛玉。"]
+    graph = build_graph(BOOK, book[:len(answers)], answers, VOCABULARY, aliases)
+    return graph, {n["id"]: n for n in graph["nodes"]}
+
+
+def test_a_given_name_merges_into_its_only_full_name():
+    graph, nodes = people(ANSWERS)
+    assert sorted(nodes) == ["林黛玉", "贾宝玉", "贾政"]
+    assert nodes["贾宝玉"]["names"] == ["贾宝玉", "宝玉"] and nodes["林黛玉"]["names"] == ["林黛玉", "黛玉"]
+    assert nodes["林黛玉"]["mentions"] == 2  # 林黛玉 once, 黛玉 once: not 黛玉 inside 林黛玉 again
+    assert graph["merges"] == [{"into": "林黛玉", "names": ["黛玉"], "reason": GIVEN_NAME},
+                               {"into": "贾宝玉", "names": ["宝玉"], "reason": GIVEN_NAME}]
+    love = edge(graph, "林黛玉", "贾宝玉", "恋人")
+    assert [ev["lines"] for ev in love["evidence"]] == [["宝玉-林黛玉:恋人"], ["宝玉-黛玉:恋人", "黛玉-宝玉:恋人"]]
+    assert edge(graph, "贾政", "贾宝玉", "父子") and len(graph["edges"]) == 2 and graph["kept_apart"] == []
+
+
+def test_a_given_name_of_two_full_names_stays_apart_and_is_listed():
+    graph, nodes = people(ANSWERS + ["王宝玉-贾政:好友"])
+    assert sorted(nodes) == ["宝玉", "林黛玉", "王宝玉", "贾宝玉", "贾政"] and nodes["宝玉"]["names"] == ["宝玉"]
+    assert graph["kept_apart"] == [{"name": "宝玉", "candidates": ["王宝玉", "贾宝玉"], "reason": SEVERAL}]
+    assert edge(graph, "宝玉", "林黛玉", "恋人") and graph["merges"] == [
+        {"into": "林黛玉", "names": ["黛玉"], "reason": GIVEN_NAME}]
+
+
+def test_an_alias_file_forces_and_undoes_merges(tmp_path):
+    alias_file = tmp_path / "aliases.tsv"
+    alias_file.write_text("# names of one person\n贾宝玉|宝玉|宝二爷\n!黛玉\n甄士隐|士隐\n", encoding="utf-8")
+    aliases = read_alias_file(alias_file)
+    assert aliases == AliasFile({"贾宝玉": "贾宝玉", "宝玉": "贾宝玉", "宝二爷": "贾宝玉", "甄士隐": "甄士隐",
+                                 "士隐": "甄士隐"}, frozenset({"黛玉"}))
+    answers = ANSWERS + ["王宝玉-贾政:好友", "士隐-甄士隐:好友\n士隐-贾政:好友"]
+    without, _ = people(answers)
+    assert edge(without, "士隐", "甄士隐", "好友")  # 甄 is no surname of surnames.txt: two people
+    graph, nodes = people(answers, aliases)
+    assert graph["merges"] == [{"into": "甄士隐", "names": ["士隐"], "reason": FILE},
+                               {"into": "贾宝玉", "names": ["宝玉"], "reason": FILE}]  # despite 王宝玉
+    assert graph["kept_apart"] == [{"name": "黛玉", "candidates": ["林黛玉"], "reason": FILE}]
+    assert sorted(nodes) == ["林黛玉", "王宝玉", "甄士隐", "贾宝玉", "贾政", "黛玉"]
+    assert nodes["甄士隐"]["names"] == ["甄士隐", "士隐"] and edge(graph, "甄士隐", "贾政", "好友")
+    assert graph["rejected"] == [{"passage": 4, "line": "士隐-甄士隐:好友", "reason": "one person twice (甄士隐)"}]
+    # the demo's hand-checked list is an alias file too
+    hlm = read_alias_file(ROOT / "examples" / "hongloumeng" / "relations.tsv")
+    assert hlm.canonical["甄费"] == hlm.canonical["士隐"] == "甄士隐" and hlm.canonical["林公"] == "林如海"
+    alias_file.write_text("贾宝玉|宝玉\n甄宝玉|宝玉\n", encoding="utf-8")
+    with pytest.raises(RawDataError, match=r"aliases.tsv:2: 宝玉 is already a name of 贾宝玉"):
+        read_alias_file(alias_file)
+    with pytest.raises(FileNotFoundError, match="no such alias file"):
+        read_alias_file(tmp_path / "missing.tsv")
+
+
+def test_the_files_carry_the_merges(tmp_path):
+    import networkx as nx
+
+    alias_file = tmp_path / "aliases.tsv"
+    alias_file.write_text("贾宝玉|宝玉\n", encoding="utf-8")
+    graph, _ = people(ANSWERS, read_alias_file(alias_file))
+    paths = write_outputs(graph, tmp_path / "out")
+    assert json.loads(paths[0].read_text(encoding="utf-8"))["merges"] == graph["merges"] == [
+        {"into": "林黛玉", "names": ["黛玉"], "reason": GIVEN_NAME}, {"into": "贾宝玉", "names": ["宝玉"], "reason": FILE}]
+    g = nx.read_graphml(paths[1])
+    assert (g.nodes["贾宝玉"]["names"], g.nodes["贾宝玉"]["merges"]) == ("贾宝玉|宝玉", "宝玉: alias file")
+    assert (g.nodes["贾政"]["names"], g.nodes["贾政"]["merges"]) == ("贾政", "")
+    rows = list(csv.DictReader(paths[2].open(encoding="utf-8")))
+    assert [(r["source_names"], r["target_names"], r["relation"]) for r in rows] == [
+        ("林黛玉|黛玉", "贾宝玉|宝玉", "恋人"), ("贾政", "贾宝玉|宝玉", "父子")]
 
 
 def test_only_relations_the_passage_supports_enter_the_graph():
@@ -198,7 +296,7 @@ def test_only_relations_the_passage_supports_enter_the_graph():
     assert [(r["line"], r["reason"]) for r in rejected] == [
         ("萧炎-林清曾:好友", "a name not in the passage"), ("韩立-韩立:好友", "the same name twice"),
         ("萧炎-林清:挚交", "a relation not in relations.tsv")]
-    graph = grounded_graph(chapters, book, [answer], ({"师徒", "好友"}, {"好友"}))
+    graph = grounded_graph(chapters, book, [answer], {r: VOCABULARY[r] for r in ("师徒", "好友")})
     assert [(e["source"], e["target"], e["relation"]) for e in graph["edges"]] == [("林清", "萧炎", "好友"),
                                                                                  ("韩立", "紫灵", "师徒")]
     assert {n["id"] for n in graph["nodes"]} == {"韩立", "紫灵", "萧炎", "林清"}  # no 林清曾
@@ -206,11 +304,28 @@ def test_only_relations_the_passage_supports_enter_the_graph():
 
 
 def test_symmetric_relations_from_the_packaged_data(raw_data_dir):
-    vocabulary, symmetric = relation_sets(None)
-    assert relation_sets(raw_data_dir) == (vocabulary, symmetric)
-    assert {"好友", "夫妻"} <= symmetric and "师父" not in symmetric
-    assert symmetric < vocabulary and "师父" in vocabulary
+    assert load_relations_or_packaged(raw_data_dir) == VOCABULARY
+    symmetric = {n for n, r in VOCABULARY.items() if r.symmetric}
+    assert {"好友", "夫妻"} <= symmetric and "师父" not in symmetric and "师父" in VOCABULARY
 
+
+
+def test_bonds_of_the_vocabulary_and_old_files_still_load(tmp_path):
+    v = VOCABULARY
+    assert {n for n, r in v.items() if r.bond == "师徒"} == {"师徒", "师父", "师傅", "师尊", "徒弟"}
+    assert [n for n, r in v.items() if r.reverse] == ["师妹", "徒弟"]
+    assert v["徒弟"].edge("紫灵", "韩立") == ("韩立", "紫灵") == v["师父"].edge("韩立", "紫灵")  # the inverse
+    assert v["师妹"].bond == v["师兄"].bond == v["师姐"].bond and v["师兄弟"].bond == "同门"
+    assert v["师叔"].bond == "师叔" and v["父子"].bond == "父子"  # no inverse label: a bond of its own
+    # relations.tsv before bonds (3 or 4 columns) loads as it did: every label a bond of its own
+    (tmp_path / "relations.tsv").write_text("师父\tno\trole\n师姐\tno\trole\tf-\n", encoding="utf-8")
+    old = load_relations(tmp_path)
+    assert old["师父"].bond == "师父" and not old["师父"].reverse and old["师姐"].sexes == v["师姐"].sexes
+    for bad in ("好友\tyes\tpair\t--\t~好友", "师父\tno\trole\t--\t", "师父\tno\trole\t--\t师徒\tx",
+                "师父\tno\trole\t--\t同门\n同门\tyes\tpair"):
+        (tmp_path / "relations.tsv").write_text(bad + "\n", encoding="utf-8")
+        with pytest.raises(RawDataError, match="relations.tsv"):
+            load_relations(tmp_path)
 
 # --- requests, retries and the cache, on a fake server ---------------------------------------
 
@@ -314,6 +429,8 @@ def test_cli_outside_a_project_without_a_server_says_so(tmp_path, monkeypatch, c
     assert main(["extract-book", "book.txt", "--url", url, "--no-progress"]) == 1
     assert f"relsft extract-book: error: {url}: Connection error" in capsys.readouterr().err
     assert not (tmp_path / "book-graph" / "graph.json").exists()
+    assert main(["extract-book", "book.txt", "--url", url, "--aliases", "missing.tsv"]) == 1  # read before asking
+    assert capsys.readouterr().err.strip() == "relsft extract-book: error: missing.tsv: no such alias file"
 
 
 # --- real runs: the CLI against one vLLM server on the tiny taught model (conftest.book_server) --
@@ -452,7 +569,8 @@ def test_killed_run_resumes_with_only_the_missing_passages(book_server, book_dir
 
 
 def test_hongloumeng_checklist_and_checker(raw_data_dir):
-    """The demo's hand-checked list uses the vocabulary, and the checker honours direction and aliases."""
+    """The demo's hand-checked list uses the vocabulary, and the checker honours direction, bonds
+    and aliases, and measures precision over the edges between listed characters."""
     sys.path.insert(0, str(ROOT / "examples" / "hongloumeng"))
     try:
         from check import check, listed_relations
@@ -464,9 +582,11 @@ def test_hongloumeng_checklist_and_checker(raw_data_dir):
     assert len(rows) >= 15 and {r["relation"] for r in rows} <= set(load_raw(raw_data_dir).relations)
     assert len({(r["a"][0], r["b"][0], r["relation"]) for r in rows}) == len(rows)
 
-    def graph(*edges):
-        return {"nodes": [], "edges": [{"source": s, "target": t, "relation": r, "symmetric": sym}
-                                       for s, t, r, sym in edges]}
+    def graph(*edges, names=None):
+        names = names or {}
+        ends = sorted({n for s, t, *_ in edges for n in (s, t)})
+        return {"nodes": [{"id": n, "names": names.get(n, [n])} for n in ends],
+                "edges": [{"source": s, "target": t, "relation": r, "symmetric": sym} for s, t, r, sym in edges]}
 
     def recovered(*edges):
         return {f["pair"] for f in check(graph(*edges), rows)["relations"] if f["recovered"]}
@@ -475,3 +595,32 @@ def test_hongloumeng_checklist_and_checker(raw_data_dir):
     assert recovered(("黛玉", "林如海", "父女", False)) == set()                  # direction matters
     assert recovered(("封氏", "甄士隐", "夫妻", True)) == {"甄士隐-封氏:夫妻"}    # symmetric: either order
     assert recovered(("林如海", "黛玉", "母女", False)) == set()                  # the label must agree
+    # one bond: 师父 or 徒弟 the other way recover 师徒 (a graph before bonds has labels, not bonds)
+    assert recovered(("雨村", "黛玉", "师父", False)) == recovered(("黛玉", "贾雨村", "徒弟", False)) \
+        == recovered(("贾雨村", "林黛玉", "师徒", False)) == {"贾雨村-黛玉:师徒"}
+    assert recovered(("黛玉", "贾雨村", "师父", False)) == set()
+
+    result = check(graph(("林如海", "黛玉", "父女", False), ("贾政", "贾宝玉", "父子", False),
+                         ("贾政", "黛玉", "父女", False), ("韩立", "黛玉", "好友", True),
+                         names={"林如海": ["林如海", "如海"], "贾宝玉": ["贾宝玉", "宝玉"]}), rows)
+    assert (result["recovered"], result["listed"], result["judged_edges"], result["correct_edges"]) == (
+        2, len(rows), 3, 2)  # 韩立 is no listed character: his edge is not judged
+    assert result["precision"] == round(2 / 3, 4) and result["recall"] == round(2 / len(rows), 4)
+    assert [j["edge"] for j in result["judged"] if j["listed"] is None] == ["贾政-黛玉:父女"]
+    assert check(graph(), rows)["precision"] is None
+
+
+def test_hongloumeng_checker_cli(tmp_path):
+    """`check.py graph.json --json out` as the README runs it, on a graph extract-book's code made."""
+    chapters = [Chapter("第二回", "林如海之女黛玉。雨村教黛玉，林如海谢他。")]
+    _, book = passages(chapters, max_chars=12, overlap=0)
+    assert len(book) == 2
+    graph = grounded_graph(chapters, book, ["林如海-黛玉:父女", "黛玉-雨村:徒弟\n雨村-林如海:好友"], VOCABULARY)
+    write_outputs(graph, tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "hongloumeng" / "check.py"),
+                           str(tmp_path / "graph.json"), "--json", str(tmp_path / "check.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "✗ 林如海-雨村:好友 (between listed characters, not listed)" in proc.stdout
+    assert proc.stdout.splitlines()[-1].endswith("precision 2 of 3 edges between listed characters (0.6667)")
+    assert json.loads((tmp_path / "check.json").read_text(encoding="utf-8"))["recovered"] == 2

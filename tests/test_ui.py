@@ -1,7 +1,7 @@
 """`relsft ui`: the backend without a browser (the key never leaves it), then the page in a real
 headless Chromium (Debian's `chromium`, driven by Playwright) against the backend started by the
 CLI and one vLLM server on the taught model (conftest.book_server: it knows STORY by heart, so
-its graph has real characters, evidence and a conflict).
+its graph has real characters, evidence and a conflict), with an alias file that names 药老 药尘.
 
 What the page shows is compared with what relsft computes in-process for the same text: the
 greedy answer of the served directory, merged by extract-book's code (conftest.inprocess_graph).
@@ -43,11 +43,12 @@ IDLE_MS = 15_000  # static/app.js: how long the page waits for a silent backend
 def test_the_key_never_reaches_the_page(raw_data_dir, tmp_path):
     from fastapi.testclient import TestClient
 
-    from relsft.book.extract import Endpoint, relation_sets
+    from relsft.book.extract import Endpoint
     from relsft.ui.server import VENDOR, UISettings, create_app
+    from relsft.vocabulary import load_relations
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    app = create_app(UISettings(Endpoint(dead, SECRET), relation_sets(raw_data_dir), tmp_path, status_timeout=2))
+    app = create_app(UISettings(Endpoint(dead, SECRET), load_relations(raw_data_dir), tmp_path, status_timeout=2))
     with TestClient(app) as client:
         responses = [client.get(path) for path in ("/", "/static/app.js", "/static/style.css", "/api/status",
                                                    f"/static/vendor/{VENDOR.name}")]
@@ -61,6 +62,27 @@ def test_the_key_never_reaches_the_page(raw_data_dir, tmp_path):
     # The page loads nothing from anywhere else: every script and stylesheet is the backend's own.
     page = responses[0].text
     assert "http" not in page.replace('href="data:,"', "") and "static/vendor/cytoscape.min.js" in page
+
+
+def test_an_update_removes_the_names_a_merge_took_away(raw_data_dir):
+    """宝玉 is a node until 贾宝玉 turns up: then the page must drop 宝玉 and its edges, not keep them."""
+    from relsft.book.extract import grounded_graph
+    from relsft.book.split import passages
+    from relsft.ui.server import changes
+    from relsft.vocabulary import load_relations
+
+    chapters = [Chapter("c", "贾政之子宝玉。贾宝玉爱林黛玉。")]
+    _, book = passages(chapters, 8, 0)
+    answers = ["贾政-宝玉:父子", "贾宝玉-林黛玉:恋人"]
+    sent = {}
+    first = changes(grounded_graph(chapters, book[:1], answers[:1], load_relations(raw_data_dir)), sent)
+    assert [n["id"] for n in first["nodes"]] == ["宝玉", "贾政"] and first["removed"] == []
+    second = changes(grounded_graph(chapters, book, answers, load_relations(raw_data_dir)), sent)
+    assert second["removed"] == [{"source": "贾政", "target": "宝玉", "relation": "父子"}, {"id": "宝玉"}]
+    assert [n["id"] for n in second["nodes"]] == ["林黛玉", "贾宝玉"]  # 贾政 unchanged: not sent again
+    assert [(e["source"], e["target"]) for e in second["edges"]] == [("林黛玉", "贾宝玉"), ("贾政", "贾宝玉")]
+    assert changes(grounded_graph(chapters, book, answers, load_relations(raw_data_dir)), sent) == {
+        "nodes": [], "edges": [], "removed": []}
 
 
 def test_heartbeats_fill_silences():
@@ -95,14 +117,14 @@ def test_without_the_vendored_graph_library_ui_says_how_to_build_it(monkeypatch,
 class Backend:
     """`relsft ui` in its own process, as a user starts it."""
 
-    def __init__(self, cwd: Path, url: str, key: str):
+    def __init__(self, cwd: Path, url: str, key: str, *extra: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/"
         env = dict(os.environ, RELSFT_API_KEY=key,
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
         self.proc = subprocess.Popen(["relsft", "ui", "--url", url, "--port", str(self.port), "--max-chars",
-                                      str(STORY_MAX_CHARS), "--overlap", "1"], cwd=cwd, env=env,
+                                      str(STORY_MAX_CHARS), "--overlap", "1", *extra], cwd=cwd, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
         while True:
@@ -148,9 +170,16 @@ def page(browser):
 
 
 @pytest.fixture(scope="module")
-def ui(book_server, pipeline_project):
+def alias_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("aliases") / "aliases.tsv"
+    path.write_text("药尘|药老\n", encoding="utf-8")  # STORY's 药老 is 药尘
+    return path
+
+
+@pytest.fixture(scope="module")
+def ui(book_server, pipeline_project, alias_file):
     """The backend in the project (params.yaml: the answer length the in-process answers use)."""
-    backend = Backend(pipeline_project, book_server.base_url, TAUGHT_KEY)
+    backend = Backend(pipeline_project, book_server.base_url, TAUGHT_KEY, "--aliases", str(alias_file))
     yield backend
     backend.stop()
 
@@ -166,10 +195,12 @@ def story_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def expected(taught_model, story_file, tiny_params, pipeline_project):
+def expected(taught_model, story_file, tiny_params, pipeline_project, alias_file):
     chapters = [Chapter(story_file.name, story_file.read_text(encoding="utf-8"))]
-    graph = inprocess_graph(taught_model, chapters, STORY_MAX_CHARS, 1, tiny_params, pipeline_project / "data")
+    graph = inprocess_graph(taught_model, chapters, STORY_MAX_CHARS, 1, tiny_params, pipeline_project / "data",
+                            alias_file)
     assert len(graph["edges"]) >= 6 and graph["conflicts"], f"the taught model did not learn STORY: {graph}"
+    assert graph["merges"] == [{"into": "药尘", "names": ["药老"], "reason": "alias file"}], graph["merges"]
     return graph
 
 
@@ -210,7 +241,8 @@ def test_a_pasted_passage_streams_into_the_answer_box(ui, page, taught_model, ti
 
 
 GRAPH_STATE = """() => ({
-    nodes: relsftGraph.nodes().map((n) => n.data()).map(({id, mentions, passages}) => ({id, mentions, passages})),
+    nodes: relsftGraph.nodes().map((n) => n.data()).map(({id, names, mentions, passages}) =>
+        ({id, names, mentions, passages})),
     edges: relsftGraph.edges().map((e) => e.data()).map((d) => ({source: d.source, target: d.target,
         relation: d.relation, symmetric: d.symmetric, conflict: d.conflict,
         passages: d.evidence.map((v) => v.passage)})),
@@ -266,7 +298,18 @@ def test_an_uploaded_chapter_grows_the_graph_and_an_edge_shows_its_evidence(ui, 
     assert len(shown) == len(edge["evidence"])
     for text, ev in zip(shown, edge["evidence"]):
         assert text.startswith(ev["text"]) and f"passage {ev['passage']}" in text
-    assert set(page.locator("#evidence mark").all_inner_texts()) == {edge["source"], edge["target"]}
+    names = {n["id"]: n["names"] for n in expected["nodes"]}
+    marked = {n for end in (edge["source"], edge["target"]) for n in names[end]
+              if any(n in ev["text"] for ev in edge["evidence"])}  # a merged end: the names the text uses
+    assert set(page.locator("#evidence mark").all_inner_texts()) == marked and len(marked) >= 2
+
+    # Click the merged node: the panel lists its names and why they are one person.
+    point = page.evaluate("() => relsftGraph.getElementById('药尘').renderedPosition()")
+    page.mouse.click(box["x"] + point["x"], box["y"] + point["y"])
+    page.wait_for_selector("#evidence #names")
+    assert page.inner_text("#evidence h2") == "药尘" and page.inner_text("#names").startswith("Names: 药尘 · 药老 (")
+    assert page.locator("#merges li").all_inner_texts() == ["药老: alias file"]
+    assert page.evaluate("() => relsftGraph.getElementById('药尘').style('border-width')") == "3px"
     if path := os.environ.get("RELSFT_UI_SCREENSHOT"):
         page.fill("#text", story_examples()[0]["text"])
         page.click("#extract")

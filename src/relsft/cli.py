@@ -87,6 +87,8 @@ def add_book_args(p):
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="passage length in characters")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="sentences repeated between passages")
     p.add_argument("--data-dir", help="relations.tsv's directory (default: data/, else the packaged one)")
+    p.add_argument("--aliases", help="names of one person, `canonical|alias` per column, `!name` never merged "
+                   "(docs/design.md#a-whole-book)")
 
 
 def add_extract_book_args(p):

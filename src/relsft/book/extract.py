@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..client import DEFAULT_MAX_TOKENS, chat_request
-from ..vocabulary import load_relations_or_packaged
+from ..vocabulary import RelationType, load_relations_or_packaged
+from .aliases import AliasFile, read_alias_file
 from .graph import build_graph, grounded, write_outputs
 from .split import Chapter, Passage, passages, read_book
 
@@ -190,9 +191,8 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
 
 
 def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | Path,
-                 relations: tuple[set[str], set[str]], max_chars: int, overlap: int, concurrency: int = 8,
-                 progress: bool = True) -> tuple[dict[str, Any], Stats]:
-    """`relations`: (the vocabulary, its symmetric relations), as `relation_sets` reads them."""
+                 relations: dict[str, RelationType], max_chars: int, overlap: int, concurrency: int = 8,
+                 progress: bool = True, aliases: AliasFile | None = None) -> tuple[dict[str, Any], Stats]:
     _, book = passages(chapters, max_chars, overlap)
     cache = AnswerCache(cache_path)
     try:
@@ -200,30 +200,32 @@ def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | 
                                                         progress))
     finally:
         cache.close()
-    return book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap), stats
+    return book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap, aliases), stats
 
 
-def book_graph(chapters: list[Chapter], book: list[Passage], answers: list[str], relations: tuple[set[str], set[str]],
-               endpoint: Endpoint, served: str, max_chars: int, overlap: int) -> dict[str, Any]:
+def book_graph(chapters: list[Chapter], book: list[Passage], answers: list[str], relations: dict[str, RelationType],
+               endpoint: Endpoint, served: str, max_chars: int, overlap: int,
+               aliases: AliasFile | None = None) -> dict[str, Any]:
     """The graph written to graph.json: the grounded graph and the settings it was made with."""
-    graph = grounded_graph(chapters, book, answers, relations)
+    graph = grounded_graph(chapters, book, answers, relations, aliases)
     graph["settings"] = {"model": endpoint.model, "served_model": served, "max_tokens": endpoint.max_tokens,
                          "max_chars": max_chars, "overlap": overlap}
     return graph
 
 
 def grounded_graph(chapters: list[Chapter], book: list[Passage], answers: list[str],
-                   relations: tuple[set[str], set[str]]) -> dict[str, Any]:
+                   relations: dict[str, RelationType], aliases: AliasFile | None = None) -> dict[str, Any]:
     """The graph of the answers' grounded relations, with what was rejected and why."""
-    vocabulary, symmetric = relations
-    kept, rejected = grounded(book, answers, vocabulary)
-    return dict(build_graph(chapters, book, kept, symmetric), rejected=rejected)
+    kept, rejected = grounded(book, answers, relations)
+    graph = build_graph(chapters, book, kept, relations, aliases)
+    graph["rejected"] = sorted(rejected + graph["rejected"], key=lambda r: r["passage"])
+    return graph
 
 
-def relation_sets(data_dir: str | Path | None) -> tuple[set[str], set[str]]:
-    """(every relation, the symmetric ones) of `data_dir`/relations.tsv, else of the packaged inputs."""
-    types = load_relations_or_packaged(data_dir).values()
-    return {r.name for r in types}, {r.name for r in types if r.symmetric}
+def book_inputs(args) -> tuple[dict[str, RelationType], AliasFile | None]:
+    """relations.tsv (the project's data/, else the packaged one) and the --aliases file (extract-book, ui)."""
+    return (load_relations_or_packaged(args.data_dir or "data"),
+            read_alias_file(args.aliases) if args.aliases else None)
 
 
 def endpoint_from_args(args, params: dict[str, Any]) -> Endpoint:
@@ -238,11 +240,12 @@ def run_cli(args, params: dict[str, Any]) -> None:
     """`relsft extract-book`; params may be {} (outside a project): every setting has a default."""
     endpoint = endpoint_from_args(args, params)
     out = Path(args.out)
-    graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl",
-                                relation_sets(args.data_dir or "data"),  # the project's data/, else the packaged inputs
-                                args.max_chars, args.overlap, args.concurrency, progress=not args.no_progress)
+    relations, aliases = book_inputs(args)
+    graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl", relations,
+                                args.max_chars, args.overlap, args.concurrency, not args.no_progress, aliases)
     print(f"extract-book: {stats.line()}", file=sys.stderr, flush=True)
     paths = write_outputs(graph, out)
-    print(f"extract-book: {len(graph['nodes'])} characters, {len(graph['edges'])} relations, "
+    print(f"extract-book: {len(graph['nodes'])} characters ({len(graph['merges'])} merges of names, "
+          f"{len(graph['kept_apart'])} names kept apart), {len(graph['edges'])} relations, "
           f"{len(graph['conflicts'])} conflicts, {len(graph['rejected'])} answer lines rejected as ungrounded "
           f"-> {', '.join(map(str, paths))}")

@@ -1,24 +1,31 @@
 """The book's character graph, merged from every passage's answer, and its JSON, GraphML and CSV.
 
-Nodes are the names the model gave, with `mentions` (occurrences of the name in the book's text,
-counted without overlap, chapter by chapter: independent of how the text was cut into passages)
-and `passages` (how many passages' answers name them). Edges are relations with every passage
-that states them as evidence. A symmetric relation (relations.tsv) is one undirected edge whatever
-the order the model wrote; an asymmetric one keeps its direction (`A-B:师父`: A is B's 师父).
+Nodes are people: the names the model gave, merged where they are one person (aliases.py), with
+their `names`, `mentions` (occurrences of any of the names in the book's text, counted without
+overlap, chapter by chapter: independent of how the text was cut into passages) and `passages`
+(how many passages' answers name them). Every merge is listed under `merges` with its reason, and
+every merge not made under `kept_apart`.
+
+Edges are bonds (relations.tsv's bond column): `A-B:师父`, `A-B:师尊` and `B-A:徒弟` are one edge
+A→B `师徒`, with every label it was stated with (`labels`) and every passage that states it as
+evidence, with the answer lines it came from. A symmetric bond is one undirected edge whatever the
+order the model wrote; an asymmetric one points the bond's way (师徒: master → disciple).
 
 A relation enters the graph only if its passage supports it (`grounded`): both names are written
 in the passage, they differ, and the label is one of relations.tsv. The rest is listed under
 `rejected` with the reason, so a model that copies a clause fragment as a name or invents a label
-adds no character and no edge.
+adds no character and no edge; so is a line whose two names turn out to be one person.
 
-A pair with more than one (label, direction), `A-B:好友` and `A-B:敌对` or `A-B:父子` and
-`B-A:父子`, is a conflict: every such edge is kept, flagged `conflict: true` and listed under
-`conflicts`. Everything is sorted, so the same answers give byte-identical files.
+A pair with more than one edge is a conflict: one bond both ways (A father of B and B father of A)
+or several bonds (好友 and 敌对: a story can turn friends into enemies, so both are shown, each with
+its chapters). Every such edge is kept, flagged `conflict: true` and listed under `conflicts`.
+Everything is sorted, so the same answers give byte-identical files.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,33 +34,35 @@ from typing import Any
 
 from ..files import atomic_file, write_json
 from ..relations import parse_line, parse_output
+from ..vocabulary import RelationType
+from .aliases import AliasFile, resolve
 from .split import Chapter, Passage
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class EdgeKey:
     source: str
     target: str
-    relation: str
+    relation: str  # the bond
     symmetric: bool
 
     @classmethod
-    def of(cls, a: str, b: str, rel: str, symmetric: bool) -> "EdgeKey":
-        if symmetric:
-            a, b = sorted((a, b))
-        return cls(a, b, rel, symmetric)
+    def of(cls, a: str, b: str, rt: RelationType) -> "EdgeKey":
+        a, b = sorted((a, b)) if rt.symmetric else rt.edge(a, b)
+        return cls(a, b, rt.bond, rt.symmetric)
 
     def pair(self) -> tuple[str, str]:
         return tuple(sorted((self.source, self.target)))
 
 
-def evidence(passage: Passage, chapters: list[Chapter]) -> dict[str, Any]:
+def evidence(passage: Passage, chapters: list[Chapter], lines: list[str]) -> dict[str, Any]:
     return {"chapter": chapters[passage.chapter].name, "chapter_index": passage.chapter, "passage": passage.index,
-            "sentences": [passage.first, passage.last], "chars": [passage.start, passage.end], "text": passage.text}
+            "sentences": [passage.first, passage.last], "chars": [passage.start, passage.end], "text": passage.text,
+            "lines": lines}
 
 
 def grounded(passages: list[Passage], answers: list[str],
-             vocabulary: set[str]) -> tuple[list[str], list[dict[str, Any]]]:
+             vocabulary: set[str] | dict[str, RelationType]) -> tuple[list[str], list[dict[str, Any]]]:
     """Each answer with only the relations its passage supports (unparsed lines are kept, for
     `unparsed`), and the dropped lines with their reason."""
     kept, rejected = [], []
@@ -73,44 +82,60 @@ def grounded(passages: list[Passage], answers: list[str],
     return kept, rejected
 
 
+def mentions(names: list[str], chapters: list[Chapter]) -> int:
+    """Occurrences of any of the names, without overlap: 贾宝玉 is one mention, not one of 宝玉 too."""
+    pattern = re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
+    return sum(len(pattern.findall(c.text)) for c in chapters)
+
+
 def build_graph(chapters: list[Chapter], passages: list[Passage], answers: list[str],
-                symmetric: set[str]) -> dict[str, Any]:
-    """answers[i] is the model's answer to passages[i]."""
+                relations: dict[str, RelationType], aliases: AliasFile | None = None) -> dict[str, Any]:
+    """answers[i] is the model's answer to passages[i]; a label outside `relations` is a bond of its own."""
     by_index = {p.index: p for p in passages}
-    edges: dict[EdgeKey, list[int]] = defaultdict(list)
+    parsed = [(p, parse_output(answer)) for p, answer in zip(passages, answers)]
+    people = resolve({n for _, a in parsed for r in a.relations for n in (r.a, r.b)}, aliases)
+    edges: dict[EdgeKey, dict[int, list[str]]] = defaultdict(dict)  # passage -> the answer lines stating it
+    labels: dict[EdgeKey, set[str]] = defaultdict(set)
     named: dict[str, set[int]] = defaultdict(set)
-    unparsed = []
-    for p, answer in zip(passages, answers):
-        parsed = parse_output(answer)
-        unparsed += [{"passage": p.index, "line": line} for line in parsed.bad_lines]
-        for r in parsed.relations:
-            key = EdgeKey.of(r.a, r.b, r.rel, r.rel in symmetric)
-            if p.index not in edges[key]:  # a line repeated in one answer is one piece of evidence
-                edges[key].append(p.index)
-            named[r.a].add(p.index)
-            named[r.b].add(p.index)
+    unparsed, one_person = [], []
+    for p, answer in parsed:
+        unparsed += [{"passage": p.index, "line": line} for line in answer.bad_lines]
+        for r in answer.relations:
+            a, b = people.node[r.a], people.node[r.b]
+            if a == b:
+                one_person.append({"passage": p.index, "line": r.line(), "reason": f"one person twice ({a})"})
+                continue
+            key = EdgeKey.of(a, b, relations.get(r.rel) or RelationType(r.rel, False, ()))
+            lines = edges[key].setdefault(p.index, [])
+            if r.line() not in lines:  # a line repeated in one answer is one piece of evidence
+                lines.append(r.line())
+            labels[key].add(r.rel)
+            named[a].add(p.index)
+            named[b].add(p.index)
 
     by_pair: dict[tuple[str, str], list[EdgeKey]] = defaultdict(list)
-    for key in edges:
+    for key in sorted(edges):
         by_pair[key.pair()].append(key)
-    conflicting = {pair for pair, keys in by_pair.items() if len(keys) > 1}
+    conflicting = {pair: keys for pair, keys in by_pair.items() if len(keys) > 1}
 
-    def sort_key(k: EdgeKey):
-        return k.source, k.target, k.relation, k.symmetric
-
-    edge_rows = [{"source": k.source, "target": k.target, "relation": k.relation, "symmetric": k.symmetric,
-                  "conflict": k.pair() in conflicting,
-                  "evidence": [evidence(by_index[i], chapters) for i in sorted(edges[k])]}
-                 for k in sorted(edges, key=sort_key)]
-    conflicts = [{"pair": list(pair), "edges": [{"source": k.source, "target": k.target, "relation": k.relation}
-                                                for k in sorted(by_pair[pair], key=sort_key)]}
-                 for pair in sorted(conflicting)]
-    nodes = [{"id": name, "mentions": sum(c.text.count(name) for c in chapters), "passages": len(named[name])}
-             for name in sorted(named)]
+    edge_rows = [{"source": k.source, "target": k.target, "relation": k.relation, "labels": sorted(labels[k]),
+                  "symmetric": k.symmetric, "conflict": k.pair() in conflicting,
+                  "evidence": [evidence(by_index[i], chapters, sorted(lines)) for i, lines in sorted(edges[k].items())]}
+                 for k in sorted(edges)]
+    conflicts = [{"pair": list(pair), "reason": "one bond both ways" if len({k.relation for k in keys}) < len(keys)
+                  else "several bonds",
+                  "edges": [{"source": k.source, "target": k.target, "relation": k.relation} for k in keys]}
+                 for pair, keys in sorted(conflicting.items())]
+    groups = people.groups()
+    nodes = [{"id": node, "names": groups[node], "mentions": mentions(groups[node], chapters),
+              "passages": len(named[node])} for node in sorted(named)]
     return {"chapters": [{"name": c.name, "chars": len(c.text),
                           "passages": sum(p.chapter == i for p in passages)} for i, c in enumerate(chapters)],
             "passages": len(passages), "nodes": nodes, "edges": edge_rows, "conflicts": conflicts,
-            "unparsed": sorted(unparsed, key=lambda u: u["passage"])}
+            "merges": [m for m in people.merges if m["into"] in named],
+            "kept_apart": [k for k in people.kept_apart if k["name"] in named],
+            "unparsed": sorted(unparsed, key=lambda u: u["passage"]),
+            "rejected": sorted(one_person, key=lambda r: r["passage"])}
 
 
 def _key(parent: ET.Element, id_: str, for_: str, name: str, type_: str) -> None:
@@ -121,27 +146,42 @@ def _data(parent: ET.Element, key: str, value: Any) -> None:
     ET.SubElement(parent, "data", {"key": key}).text = str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def merge_notes(graph: dict[str, Any]) -> dict[str, str]:
+    """Each merged node's merges, `宝玉: given name of exactly one full name`, for the flat formats."""
+    notes: dict[str, list[str]] = defaultdict(list)
+    for m in graph["merges"]:
+        notes[m["into"]].append(f"{'|'.join(m['names'])}: {m['reason']}")
+    return {node: "; ".join(n) for node, n in notes.items()}
+
+
 def write_graphml(graph: dict[str, Any], path: str | Path) -> None:
     """GraphML for Gephi and networkx: a directed multigraph whose symmetric edges say `symmetric`
     (networkx refuses GraphML that mixes in `directed="false"` edges); evidence as a count (`weight`)
-    and the passages' `chapter#passage` list, since GraphML holds no nested data."""
+    and the passages' `chapter#passage` list, names and labels `|`-joined, since GraphML holds no
+    nested data."""
     root = ET.Element("graphml", {"xmlns": "http://graphml.graphdrawing.org/xmlns"})
-    for id_, for_, name, type_ in (("label", "node", "label", "string"), ("mentions", "node", "mentions", "int"),
+    for id_, for_, name, type_ in (("label", "node", "label", "string"), ("names", "node", "names", "string"),
+                                   ("merges", "node", "merges", "string"), ("mentions", "node", "mentions", "int"),
                                    ("npassages", "node", "passages", "int"),
-                                   ("relation", "edge", "relation", "string"), ("weight", "edge", "weight", "int"),
+                                   ("relation", "edge", "relation", "string"), ("labels", "edge", "labels", "string"),
+                                   ("weight", "edge", "weight", "int"),
                                    ("symmetric", "edge", "symmetric", "boolean"),
                                    ("conflict", "edge", "conflict", "boolean"),
                                    ("evidence", "edge", "evidence", "string")):
         _key(root, id_, for_, name, type_)
     g = ET.SubElement(root, "graph", {"id": "book", "edgedefault": "directed"})
+    notes = merge_notes(graph)
     for n in graph["nodes"]:
         node = ET.SubElement(g, "node", {"id": n["id"]})
         _data(node, "label", n["id"])
+        _data(node, "names", "|".join(n["names"]))
+        _data(node, "merges", notes.get(n["id"], ""))
         _data(node, "mentions", n["mentions"])
         _data(node, "npassages", n["passages"])
     for i, e in enumerate(graph["edges"]):
         edge = ET.SubElement(g, "edge", {"id": f"e{i}", "source": e["source"], "target": e["target"]})
         _data(edge, "relation", e["relation"])
+        _data(edge, "labels", "|".join(e["labels"]))
         _data(edge, "weight", len(e["evidence"]))
         _data(edge, "symmetric", e["symmetric"])
         _data(edge, "conflict", e["conflict"])
@@ -151,18 +191,23 @@ def write_graphml(graph: dict[str, Any], path: str | Path) -> None:
         ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=True)
 
 
-CSV_FIELDS = ["source", "target", "relation", "symmetric", "conflict", "evidence_count", "chapters", "first_evidence"]
+CSV_FIELDS = ["source", "target", "relation", "labels", "symmetric", "conflict", "evidence_count", "chapters",
+              "first_evidence", "source_names", "target_names"]
 
 
 def write_csv(graph: dict[str, Any], path: str | Path) -> None:
+    """One row per edge; a merged end's names (`贾宝玉|宝玉`) in source_names / target_names."""
+    names = {n["id"]: "|".join(n["names"]) for n in graph["nodes"]}
     with atomic_file(path) as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
         w.writeheader()
         for e in graph["edges"]:
             chapters = dict.fromkeys(ev["chapter"] for ev in e["evidence"])
             w.writerow({"source": e["source"], "target": e["target"], "relation": e["relation"],
-                        "symmetric": e["symmetric"], "conflict": e["conflict"], "evidence_count": len(e["evidence"]),
-                        "chapters": ";".join(chapters), "first_evidence": e["evidence"][0]["text"]})
+                        "labels": "|".join(e["labels"]), "symmetric": e["symmetric"], "conflict": e["conflict"],
+                        "evidence_count": len(e["evidence"]), "chapters": ";".join(chapters),
+                        "first_evidence": e["evidence"][0]["text"], "source_names": names[e["source"]],
+                        "target_names": names[e["target"]]})
 
 
 def write_graph_json(graph: dict[str, Any], path: str | Path) -> None:

@@ -38,11 +38,13 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from ..book.extract import (AnswerCache, Endpoint, answer_all, book_graph, endpoint_from_args, grounded_graph,
-                            relation_sets, served_model_id)
+from ..book.aliases import AliasFile
+from ..book.extract import (AnswerCache, Endpoint, answer_all, book_graph, book_inputs, endpoint_from_args,
+                            grounded_graph, served_model_id)
 from ..book.graph import OUTPUTS, write_outputs
 from ..book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP, passages, split_chapters
 from ..client import Extraction, chat_request, delta
+from ..vocabulary import RelationType
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = STATIC / "vendor" / "cytoscape.min.js"
@@ -53,8 +55,9 @@ RUN_ID = re.compile(r"[0-9a-f]{12}")
 @dataclasses.dataclass
 class UISettings:
     endpoint: Endpoint
-    relations: tuple[set[str], set[str]]  # (vocabulary, symmetric), as relation_sets reads them
+    relations: dict[str, RelationType]
     work_dir: Path  # the answer cache and every chapter's output files
+    aliases: AliasFile | None = None
     max_chars: int = DEFAULT_MAX_CHARS
     overlap: int = DEFAULT_OVERLAP
     concurrency: int = 8
@@ -124,15 +127,25 @@ async def extract_events(endpoint: Endpoint, text: str) -> AsyncIterator[str]:
 
 
 def changes(graph: dict[str, Any], sent: dict[str, Any]) -> dict[str, list]:
-    """The nodes and edges of `graph` that differ from what was sent before (remembered in `sent`)."""
-    out: dict[str, list] = {"nodes": [], "edges": []}
-    for kind, items in out.items():
+    """The nodes and edges of `graph` that differ from what was sent before (remembered in `sent`),
+    and under `removed` the ones sent before that are gone: a name merged into another person's
+    node once his full name turns up (its edges with it), or split off again when a second full
+    name makes it ambiguous."""
+    out: dict[str, list] = {"nodes": [], "edges": [], "removed": []}
+    now = set()
+    for kind in ("nodes", "edges"):
         for item in graph[kind]:
             key = json.dumps([kind, item.get("id"), item.get("source"), item.get("target"), item.get("relation")],
                              ensure_ascii=False)
+            now.add(key)
             if sent.get(key) != item:
                 sent[key] = item
-                items.append(item)
+                out[kind].append(item)
+    for key in sorted(set(sent) - now):
+        kind, id_, source, target, relation = json.loads(key)
+        out["removed"].append({"id": id_} if kind == "nodes" else
+                              {"source": source, "target": target, "relation": relation})
+        del sent[key]
     return out
 
 
@@ -159,11 +172,13 @@ async def book_events(s: UISettings, cache: AnswerCache, name: str, text: str) -
         while (item := await arrived.get()) is not None:
             answers[item[0]] = item[1]
             answered = [p for p in book if p.text in answers]
-            graph = grounded_graph(chapters, answered, [answers[p.text] for p in answered], s.relations)
+            graph = grounded_graph(chapters, answered, [answers[p.text] for p in answered], s.relations, s.aliases)
             yield sse("update", {"done": len(answered), "total": len(book), "rejected": len(graph["rejected"]),
+                                 "merges": graph["merges"], "kept_apart": graph["kept_apart"],
                                  **changes(graph, sent)})
         all_answers, _, served = await task  # raises what answer_all raised
-        graph = book_graph(chapters, book, all_answers, s.relations, s.endpoint, served, s.max_chars, s.overlap)
+        graph = book_graph(chapters, book, all_answers, s.relations, s.endpoint, served, s.max_chars, s.overlap,
+                           s.aliases)
         write_outputs(graph, s.work_dir / run_id)
         yield sse("done", {"id": run_id, "files": {f: f"api/book/{run_id}/{f}" for f in OUTPUTS},
                            **{k: len(graph[k]) for k in ("nodes", "edges", "conflicts", "rejected")}})
@@ -253,11 +268,11 @@ def run_cli(args, params: dict[str, Any]) -> None:
     """`relsft ui`; params may be {} (outside a project), as for extract-book."""
     check_vendored()
     endpoint = endpoint_from_args(args, params)
-    relations = relation_sets(args.data_dir or "data")  # the project's data/, else the packaged inputs
+    relations, aliases = book_inputs(args)
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="relsft-ui-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        serve_ui(UISettings(endpoint, relations, work_dir, args.max_chars, args.overlap, args.concurrency),
+        serve_ui(UISettings(endpoint, relations, work_dir, aliases, args.max_chars, args.overlap, args.concurrency),
                  args.host, args.port)
     finally:
         if not args.work_dir:

@@ -147,6 +147,7 @@ const cy = cytoscape({
       "target-arrow-shape": "triangle", "target-arrow-color": "#90a4ae", "font-size": 12,
       "text-rotation": "autorotate", "text-background-color": "#fff", "text-background-opacity": 0.85,
       "text-background-padding": 2 } },
+    { selector: "node[?merged]", style: { "border-width": 3, "border-color": "#1f4e8c" } },
     { selector: "edge[?symmetric]", style: { "target-arrow-shape": "none" } },
     { selector: "edge[?conflict]", style: {
       "line-color": "#c62828", "target-arrow-color": "#c62828", "line-style": "dashed", color: "#c62828" } },
@@ -156,25 +157,32 @@ const cy = cytoscape({
 window.relsftGraph = cy; // the tests read nodes and edges from here
 
 const edgeId = (e) => JSON.stringify([e.source, e.target, e.relation]);
+let people = { merges: [], kept_apart: [] }; // graph.json's: why names were merged or kept apart
 
-// Add or update what an `update` event sends: nodes and edges in graph.json's form.
-function upsert(nodes, edges) {
+// An edge reads as its bond, then the labels it was stated with where they say more: 师徒 (师父, 徒弟).
+function edgeLabel(e) {
+  const more = e.labels.length > 1 || e.labels[0] !== e.relation ? ` (${e.labels.join(", ")})` : "";
+  return (e.conflict ? "⚠ " : "") + e.relation + more;
+}
+
+// Add, update or remove what an `update` event sends: nodes and edges in graph.json's form.
+function upsert(nodes, edges, removed) {
   cy.batch(() => {
+    for (const r of removed) cy.getElementById(r.id !== undefined ? r.id : edgeId(r)).remove();
     for (const n of nodes) {
-      const data = { ...n, size: Math.min(14 + 5 * Math.sqrt(n.mentions), 60) };
+      const data = { ...n, merged: n.names.length > 1, size: Math.min(14 + 5 * Math.sqrt(n.mentions), 60) };
       const old = cy.getElementById(n.id);
       // A new node starts anywhere: the layout pulls it to its neighbours.
       if (old.nonempty()) old.data(data);
       else cy.add({ group: "nodes", data, position: { x: 400 * Math.random(), y: 300 * Math.random() } });
     }
     for (const e of edges) {
-      const data = { ...e, id: edgeId(e), label: (e.conflict ? "⚠ " : "") + e.relation,
-                     width: Math.min(1.5 + e.evidence.length, 6) };
+      const data = { ...e, id: edgeId(e), label: edgeLabel(e), width: Math.min(1.5 + e.evidence.length, 6) };
       const old = cy.getElementById(data.id);
       if (old.nonempty()) old.data(data); else cy.add({ group: "edges", data });
     }
   });
-  if (nodes.length || edges.length) relayout();
+  if (nodes.length || edges.length || removed.length) relayout();
 }
 
 let layoutTimer = null;
@@ -203,7 +211,8 @@ function build() {
       await stream("api/book", form, (event, data) => {
         if (event === "start") $("progress").textContent = `0 / ${data.passages} passages answered`;
         if (event === "update") {
-          upsert(data.nodes, data.edges);
+          people = { merges: data.merges, kept_apart: data.kept_apart };
+          upsert(data.nodes, data.edges, data.removed);
           $("progress").textContent = `${data.done} / ${data.total} passages answered · ${cy.nodes().length} ` +
             `characters · ${cy.edges().length} relations · ${data.rejected} answer lines rejected as ungrounded`;
         }
@@ -222,20 +231,37 @@ function build() {
   });
 }
 
-// The evidence panel: every passage that states the clicked edge, its two names marked.
+// The side panel for a clicked node: every name of the person, and why names were merged or not.
+function showPerson(node) {
+  const d = node.data();
+  const panel = $("evidence");
+  panel.replaceChildren(Object.assign(document.createElement("h2"), { textContent: d.id }));
+  const names = Object.assign(document.createElement("p"), { id: "names" });
+  names.textContent = `Names: ${d.names.join(" · ")} (${d.mentions} mentions)`;
+  const list = Object.assign(document.createElement("ul"), { id: "merges" });
+  for (const m of people.merges.filter((m) => m.into === d.id)) addItem(list, `${m.names.join(", ")}: ${m.reason}`);
+  for (const k of people.kept_apart.filter((k) => k.name === d.id)) {
+    addItem(list, `not merged into ${k.candidates.join(" or ")}: ${k.reason}`);
+  }
+  panel.append(names, list);
+}
+
+// The evidence panel: every passage that states the clicked edge, its two people's names marked.
 function showEvidence(edge) {
   const panel = $("evidence");
   panel.replaceChildren(Object.assign(document.createElement("h2"), { textContent: "Evidence" }));
   if (!edge) return;
   const d = edge.data();
   const title = document.createElement("p");
-  title.textContent = `${d.source} ${d.symmetric ? "—" : "→"} ${d.target}: ${d.relation}` +
+  title.textContent = `${d.source} ${d.symmetric ? "—" : "→"} ${d.target}: ${edgeLabel(d)}` +
     (d.conflict ? " (⚠ this pair has contradicting labels)" : "");
+  const names = [...edge.source().data("names"), ...edge.target().data("names")];
   const list = document.createElement("ol");
   for (const ev of d.evidence) {
     const li = document.createElement("li");
     li.className = "passage";
-    li.append(marked(ev.text, [d.source, d.target]));
+    li.append(marked(ev.text, names));
+    li.append(Object.assign(document.createElement("div"), { className: "where", textContent: ev.lines.join(" ") }));
     li.append(Object.assign(document.createElement("div"), {
       className: "where",
       textContent: `${ev.chapter}, passage ${ev.passage}, characters ${ev.chars[0]}–${ev.chars[1]}` }));
@@ -246,7 +272,8 @@ function showEvidence(edge) {
 
 function marked(text, names) {
   const span = document.createElement("span");
-  const pattern = new RegExp(`(${names.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|")})`);
+  const longest = [...names].sort((a, b) => b.length - a.length); // 贾宝玉 before 宝玉
+  const pattern = new RegExp(`(${longest.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|")})`);
   for (const part of text.split(pattern)) {
     span.append(names.includes(part) ? Object.assign(document.createElement("mark"), { textContent: part }) : part);
   }
@@ -254,6 +281,7 @@ function marked(text, names) {
 }
 
 cy.on("tap", "edge", (ev) => showEvidence(ev.target));
+cy.on("tap", "node", (ev) => showPerson(ev.target));
 $("extract").addEventListener("click", extract);
 $("build").addEventListener("click", build);
 checkStatus();
