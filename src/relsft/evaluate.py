@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_file, jsonl_line, read_jsonl, write_json
+from .report import metrics_table
 from .vocabulary import symmetric_relations
 
 
@@ -115,8 +116,7 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
         scores["examples"] = len(examples)
         scores["decoding"] = f"endpoint {base_url}, greedy, {concurrency} concurrent"
         metrics[split] = _rounded(scores)
-        print(f"endpoint  {split:8s} strict F1 {metrics[split]['strict_f1']:.4f}  "
-              f"unordered F1 {metrics[split]['unordered_f1']:.4f}  exact {metrics[split]['exact_match']:.4f}")
+    print(metrics_table({"endpoint": metrics}))
     write_json(metrics_path, {"endpoint": metrics, **({"parity": parity} if parity else {})})
     return metrics
 
@@ -165,8 +165,5 @@ def run_evaluate(base_dir: str | Path, adapter_dir: str | Path, dataset_dir: str
                 f.writelines(jsonl_line(r) for r in rows)
     write_json(metrics_path, metrics)
     log_plots(reports_dir, per_relation_rows, metrics)
-    for name, by_split in metrics.items():
-        for split, m in by_split.items():
-            print(f"{name:9s} {split:8s} strict F1 {m['strict_f1']:.4f}  unordered F1 {m['unordered_f1']:.4f}  "
-                  f"exact {m['exact_match']:.4f}  parse failures {m['parse_failure_rate']:.4f}")
+    print(metrics_table(metrics))
     return metrics
