@@ -202,20 +202,17 @@ def cmd_export(args, params):
 
 
 def cmd_promote(args, params):
-    from .promote import ScoringData, promote_candidate, run_reload_hook
+    from .promote import ScoringData, promote_and_reload
 
-    settings = params["promote"]
-    registry = args.registry or settings["registry"]
     export_dir = args.export or stage_paths_or_empty("export").get("out")
     if not export_dir:
         raise ValueError("pass --export DIR (no dvc.yaml here with an export stage to take it from)")
     on = ScoringData(Path(args.datasets), Path(args.data), params["evaluate"])
-    decision = promote_candidate(export_dir, registry, settings, on,
-                                 {"experiment": args.experiment} if args.experiment else None)
+    decision = promote_and_reload(export_dir, args.registry or params["promote"]["registry"], params["promote"], on,
+                                  {"experiment": args.experiment} if args.experiment else None,
+                                  say=lambda verdict: print(f"promote: {verdict}"))
     if not decision.promote:
         raise RuntimeError(f"candidate rejected, production unchanged: {'; '.join(decision.reasons)}")
-    print(f"promote: {decision.summary()}")
-    run_reload_hook(settings.get("reload_command", ""), registry)
 
 
 def cmd_rollback(args, params):
