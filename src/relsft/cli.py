@@ -97,12 +97,11 @@ def cmd_serve(args, params):
 def cmd_extract(args, params):
     from openai import APIError
 
-    from .book.extract import endpoint_from_args
-    from .client import RelationClient
+    from .client import RelationClient, endpoint_from_args, interactive
 
     text = sys.stdin.read() if args.text == "-" else args.text
-    endpoint = endpoint_from_args(args, params)
-    client = RelationClient(endpoint.url, endpoint.api_key, endpoint.model, endpoint.max_tokens)
+    endpoint = interactive(endpoint_from_args(args, params))
+    client = RelationClient.at(endpoint)
     try:
         if args.no_stream:
             result = client.extract(text)

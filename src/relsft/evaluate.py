@@ -96,13 +96,18 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
     from .client import RelationClient
 
     client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"])
+    client.served_model_id()  # no server, or not this model: said at once, not after every request's retries
     symmetric = symmetric_relations(data_dir)
     metrics: dict[str, Any] = {}
     parity: dict[str, Any] = {}
     for split in cfg["splits"]:
         examples = load_split(dataset_dir, split, cfg["max_examples"], data_dir)
         with ThreadPoolExecutor(concurrency) as pool:  # the server batches concurrent requests
-            answers = list(pool.map(client.extract, [e["text"] for e in examples]))
+            try:
+                answers = list(pool.map(client.extract, [e["text"] for e in examples]))
+            except BaseException:  # a failure that outlasted the retries: the queued ones would too
+                pool.shutdown(cancel_futures=True)
+                raise
         predictions = Path(reports_dir or "", "predictions", f"finetuned_{split}.jsonl")
         if reports_dir and predictions.exists():
             parity[split] = same_as_inprocess(predictions, examples, [a.answer for a in answers])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-API_KEY_ENV = "RELSFT_API_KEY"
+from .client import API_KEY_ENV, DEFAULT_PORT
 
 
 def on_gpu() -> bool:
@@ -96,7 +96,7 @@ def check_cpu_head_size(model_dir: str | Path) -> None:
 class ServeSettings:
     model: str = "export/relsft-model"
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = DEFAULT_PORT
     served_model_name: str = "relsft"
     dtype: str = "float32"
     max_model_len: int = 0
