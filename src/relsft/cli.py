@@ -80,18 +80,15 @@ def cmd_merge(args, params):
 
 
 def cmd_serve(args, params):
-    from .serve import ServeSettings, serve
+    from .serve import ServeSettings, flag_values, serve
 
-    lora = dict(m.split("=", 1) for m in args.lora_modules) if args.lora_modules else None
+    given = flag_values(args)
     # serve.model empty: the model the export stage writes (dvc.yaml).
-    model = args.model or params.get("serve", {}).get("model") or stage_paths_or_empty("export").get("out")
+    model = given.pop("model", None) or params.get("serve", {}).get("model")
+    model = model or stage_paths_or_empty("export").get("out")
     if not model:
         raise ValueError("pass --model DIR (serve.model is empty and there is no dvc.yaml export stage here)")
-    serve(ServeSettings.from_params(
-        params, model=model, host=args.host, port=args.port, served_model_name=args.served_model_name,
-        dtype=args.dtype, max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
-        enforce_eager=args.enforce_eager, enable_lora=args.enable_lora, lora_modules=lora,
-        max_lora_rank=args.max_lora_rank))
+    serve(ServeSettings.from_params(params, model=model, **given))
 
 
 def cmd_extract(args, params):
@@ -167,18 +164,9 @@ def add_evaluate_args(p):
 
 
 def add_serve_args(p):
-    p.add_argument("--model", help="model directory (default: serve.model, else the export stage's --out)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--served-model-name")
-    p.add_argument("--dtype", help="float32 (default) answers exactly as evaluated; bfloat16 is faster on a GPU")
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--tensor-parallel-size", type=int, help="GPUs to shard the model over")
-    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--enable-lora", action="store_true", default=None,
-                   help="serve unmerged LoRA adapters on --model (their base); see --lora-modules")
-    p.add_argument("--lora-modules", nargs="+", metavar="NAME=DIR", help="adapters, requested as model NAME")
-    p.add_argument("--max-lora-rank", type=int, help="default: the largest adapter rank")
+    from .serve import add_arguments  # one flag per ServeSettings field
+
+    add_arguments(p)
 
 
 def add_server_args(p):
