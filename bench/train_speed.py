@@ -63,8 +63,6 @@ class StepTimer(TrainerCallback):
 
 
 def measure(cfg, steps: int, warmup: int, arm: str, base: Path, formatted: Path) -> dict:
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
     overrides = dict(max_steps=steps, eval_strategy="no", save_strategy="no", logging_steps=10_000,
                      disable_tqdm=True)
     if arm in ("fp32", "bf16"):

@@ -18,6 +18,7 @@ from prefect.tasks import exponential_backoff
 
 from relsft.dvcrun import run_dvc
 from relsft.paths import load_pipeline, stage_paths_or_empty
+from relsft.report import metrics_table
 
 STAGES = list(load_pipeline(Path(__file__).resolve().parents[1] / "dvc.yaml"))  # dvc.yaml's order
 HOUR = 3600
@@ -33,12 +34,7 @@ def metrics_report(project: Path) -> str:
     docs = stage_paths_or_empty("validate", project / "dvc.yaml").get("docs")
     lines = [f"# relsft pipeline: `{project}`", ""]
     if metrics_file and (project / metrics_file).exists():
-        path = project / metrics_file
-        lines += ["| model | split | strict F1 | unordered F1 | exact match | parse failures |", "|---|---|---|---|---|---|"]
-        for model, by_split in json.loads(path.read_text(encoding="utf-8")).items():
-            for split, m in by_split.items():
-                lines.append(f"| {model} | {split} | {m['strict_f1']:.4f} | {m['unordered_f1']:.4f} | "
-                             f"{m['exact_match']:.4f} | {m['parse_failure_rate']:.4f} |")
+        lines.append(metrics_table(json.loads((project / metrics_file).read_text(encoding="utf-8"))))
     else:
         lines.append(f"No metrics yet (`{metrics_file}` is written by the evaluate stage)." if metrics_file else
                      "No evaluate stage in dvc.yaml, no metrics.")

@@ -75,17 +75,15 @@ def gate_and_promote(project_dir: str, experiment: str, rev: str) -> promote.Dec
         params = experiment_params(project, rev, scratch)
         settings = params["promote"]
         export = fetch(project, rev, stage_paths("export", project / "dvc.yaml")["out"], scratch / "export")
-        on = promote.ScoringData(fetch(project, rev, evaluated["datasets"], scratch / "datasets"),
-                                 fetch(project, rev, evaluated["data"], scratch / "data"), params["evaluate"])
+        on = promote.ScoringData.from_params(fetch(project, rev, evaluated["datasets"], scratch / "datasets"),
+                                             fetch(project, rev, evaluated["data"], scratch / "data"), params)
         lock = yaml.safe_load(git_show(project, rev, "dvc.lock"))
         registry = project / settings["registry"]
-        decision = promote.promote_candidate(export, registry, settings, on, {
-            "experiment": experiment, "experiment_rev": rev,
-            "datasets_md5": lock["stages"]["generate"]["outs"][0]["md5"]})
-    get_run_logger().info("candidate %s %s", experiment, decision.summary())
-    if decision.promote:
-        promote.run_reload_hook(settings.get("reload_command", ""), registry)
-    return decision
+        record = {"experiment": experiment, "experiment_rev": rev,
+                  "datasets_md5": lock["stages"]["generate"]["outs"][0]["md5"]}
+        log = get_run_logger()
+        return promote.promote_and_reload(export, registry, settings, on, record,
+                                          say=lambda verdict: log.info("candidate %s %s", experiment, verdict))
 
 
 def decision_report(experiment: str, decision: promote.Decision) -> str:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from relsft.book.aliases import FILE, GIVEN_NAME, SEVERAL, AliasFile, read_alias_file
@@ -344,8 +343,9 @@ class FakeServer:
         assert body["temperature"] == 0 and body["max_tokens"] == 32 and not body["stream"]
         text = body["messages"][0]["content"]
         self.requests.append(text)
-        if self.fail:
-            return httpx.Response(self.fail.pop(0), json={"error": {"message": "boom"}})
+        if self.fail:  # the client's policy honours a server's retry-after: these tests need not wait
+            return httpx.Response(self.fail.pop(0), json={"error": {"message": "boom"}},
+                                  headers={"retry-after-ms": "1"})
         name = text.removeprefix(INSTRUCTION)[:2]
         return httpx.Response(200, json={
             "id": "x", "object": "chat.completion", "created": 0, "model": "relsft",
@@ -353,11 +353,11 @@ class FakeServer:
                          "message": {"role": "assistant", "content": f"{name}-林清:好友"}}]})
 
     def client(self):
-        return openai.AsyncOpenAI(base_url="http://fake/v1", api_key="k", max_retries=0,
-                                  http_client=httpx.AsyncClient(transport=httpx.MockTransport(self)))
+        """ENDPOINT's client (key, timeout, retries), talking to this object instead of a network."""
+        return ENDPOINT.connect(asynchronous=True, http_client=httpx.AsyncClient(transport=httpx.MockTransport(self)))
 
 
-ENDPOINT = Endpoint("http://fake/v1", "k", max_tokens=32, backoff=0.01)
+ENDPOINT = Endpoint("http://fake/v1", "k", max_tokens=32)
 
 
 def run_answers(server: FakeServer, passage_texts: list[str], cache_path: Path, concurrency: int = 4):

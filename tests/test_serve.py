@@ -6,6 +6,8 @@ directory (the tiny test model is weak: gold labels would test the model, not th
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +26,8 @@ import pytest
 from conftest import ROOT, run, teach_one_relation
 from relsft.client import RelationClient
 from relsft.relations import parse_output, user_messages
-from relsft.serve import ServeSettings, VLLMServer, check_adapter, check_cpu_head_size, free_port, vllm_command
+from relsft.serve import (ServeSettings, VLLMServer, add_arguments, check_adapter, check_cpu_head_size, flag_values,
+                          free_port, vllm_command)
 
 pytestmark = pytest.mark.slow  # builds, trains or serves real models
 
@@ -103,6 +106,24 @@ def test_max_model_len_and_command(pipeline_project, tiny_params):
     assert "--enforce-eager" not in cmd  # compiled by default: the tests' server runs what users get
     assert "--enforce-eager" in vllm_command(ServeSettings.from_params(tiny_params, model=s.model, enforce_eager=True))
     assert not any("key" in a.lower() for a in cmd)  # the key travels in the environment, not argv
+
+
+def test_the_serve_flags_are_the_settings_fields(params):
+    """Serve settings are declared once: a flag per ServeSettings field, params.yaml's serve keys are the fields."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = ["--model", "m", "--host", "0.0.0.0", "--port", "9", "--served-model-name", "x", "--dtype", "bfloat16",
+             "--max-model-len", "300", "--tensor-parallel-size", "2", "--no-enforce-eager", "--enable-lora",
+             "--lora-modules", "a=/x", "b=/y", "--max-lora-rank", "8", "--startup-timeout", "2.5"]
+    assert flag_values(parser.parse_args(given)) == {
+        "model": "m", "host": "0.0.0.0", "port": 9, "served_model_name": "x", "dtype": "bfloat16", "max_model_len": 300,
+        "tensor_parallel_size": 2, "enforce_eager": False, "enable_lora": True, "lora_modules": {"a": "/x", "b": "/y"},
+        "max_lora_rank": 8, "startup_timeout": 2.5}
+    assert flag_values(parser.parse_args([])) == {}  # params.yaml's values stand
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--lora-modules", "no-directory"])
+    fields = {f.name for f in dataclasses.fields(ServeSettings)}
+    assert set(params["serve"]) == fields - {"extra_args"}
 
 
 def test_adapter_with_modules_to_save_is_refused(pipeline_project, tiny_params, tmp_path):

@@ -27,35 +27,31 @@ def cmd_init_data(args, params):
 
 def cmd_evaluate(args, params):
     """Score a served model (relsft serve) on the evaluate stage's splits; the stage's metrics stay untouched."""
-    from .evaluate import evaluate_endpoint
+    from .endpoint_eval import evaluate_endpoint
 
     evaluate_endpoint(args.endpoint, args.api_key, args.model_name, args.datasets, args.data,
                       args.out, params["evaluate"], concurrency=args.concurrency, reports_dir=args.reports)
 
 def cmd_serve(args, params):
-    from .serve import ServeSettings, serve
+    from .serve import ServeSettings, flag_values, serve
 
-    lora = dict(m.split("=", 1) for m in args.lora_modules) if args.lora_modules else None
+    given = flag_values(args)
     # serve.model empty: the model the export stage writes (dvc.yaml).
-    model = args.model or params.get("serve", {}).get("model") or stage_paths_or_empty("export").get("out")
+    model = given.pop("model", None) or params.get("serve", {}).get("model")
+    model = model or stage_paths_or_empty("export").get("out")
     if not model:
         raise ValueError("pass --model DIR (serve.model is empty and there is no dvc.yaml export stage here)")
-    serve(ServeSettings.from_params(
-        params, model=model, host=args.host, port=args.port, served_model_name=args.served_model_name,
-        dtype=args.dtype, max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
-        enforce_eager=args.enforce_eager, enable_lora=args.enable_lora, lora_modules=lora,
-        max_lora_rank=args.max_lora_rank))
+    serve(ServeSettings.from_params(params, model=model, **given))
 
 
 def cmd_extract(args, params):
     from openai import APIError
 
-    from .book.extract import endpoint_from_args
-    from .client import RelationClient
+    from .client import RelationClient, endpoint_from_args, interactive
 
     text = sys.stdin.read() if args.text == "-" else args.text
-    endpoint = endpoint_from_args(args, params)
-    client = RelationClient(endpoint.url, endpoint.api_key, endpoint.model, endpoint.max_tokens)
+    endpoint = interactive(endpoint_from_args(args, params))
+    client = RelationClient.at(endpoint)
     try:
         if args.no_stream:
             result = client.extract(text)
@@ -123,18 +119,9 @@ def add_evaluate_args(p):
 
 
 def add_serve_args(p):
-    p.add_argument("--model", help="model directory (default: serve.model, else the export stage's --out)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--served-model-name")
-    p.add_argument("--dtype", help="float32 (default) answers exactly as evaluated; bfloat16 is faster on a GPU")
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--tensor-parallel-size", type=int, help="GPUs to shard the model over")
-    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--enable-lora", action="store_true", default=None,
-                   help="serve unmerged LoRA adapters on --model (their base); see --lora-modules")
-    p.add_argument("--lora-modules", nargs="+", metavar="NAME=DIR", help="adapters, requested as model NAME")
-    p.add_argument("--max-lora-rank", type=int, help="default: the largest adapter rank")
+    from .serve import add_arguments  # one flag per ServeSettings field
+
+    add_arguments(p)
 
 
 def add_server_args(p):
@@ -151,20 +138,17 @@ def add_extract_args(p):
 
 
 def cmd_promote(args, params):
-    from .promote import ScoringData, promote_candidate, run_reload_hook
+    from .promote import ScoringData, promote_and_reload
 
-    settings = params["promote"]
-    registry = args.registry or settings["registry"]
     export_dir = args.export or stage_paths_or_empty("export").get("out")
     if not export_dir:
         raise ValueError("pass --export DIR (no dvc.yaml here with an export stage to take it from)")
-    on = ScoringData(Path(args.datasets), Path(args.data), params["evaluate"])
-    decision = promote_candidate(export_dir, registry, settings, on,
-                                 {"experiment": args.experiment} if args.experiment else None)
+    on = ScoringData.from_params(args.datasets, args.data, params)
+    decision = promote_and_reload(export_dir, args.registry or params["promote"]["registry"], params["promote"], on,
+                                  {"experiment": args.experiment} if args.experiment else None,
+                                  say=lambda verdict: print(f"promote: {verdict}"))
     if not decision.promote:
         raise RuntimeError(f"candidate rejected, production unchanged: {'; '.join(decision.reasons)}")
-    print(f"promote: {decision.summary()}")
-    run_reload_hook(settings.get("reload_command", ""), registry)
 
 
 def cmd_rollback(args, params):

@@ -5,33 +5,95 @@
     client.extract("韩立与紫灵是师徒关系。").relations   # [Relation(a='韩立', b='紫灵', rel='师徒')]
     for piece in client.stream("韩立与紫灵是师徒关系。"): print(piece, end="")
 
-Requests are built as evaluation builds its prompts (`relations.user_messages`, the server applies
-the exported chat template) and decoded greedily (temperature 0), so the answers are the evaluated ones.
+Every call relsft makes to a served model goes through this module (`relsft extract`,
+`extract-book`, `evaluate --endpoint`, `relsft ui`'s backend), so they agree on:
+
+- the request (`Endpoint.request`): the evaluated prompt (`relations.user_messages`; the server
+  applies the exported chat template), greedy (temperature 0), at most `max_tokens` answer tokens,
+  so the answers are the evaluated ones;
+- the key: the one given, else $RELSFT_API_KEY (which `relsft serve` reads too);
+- the timeout of one answer, and the retries. The retry policy is the openai client's own, the
+  same for `OpenAI` and `AsyncOpenAI`, streamed or not (a stream is retried before its first
+  chunk): connection errors, timeouts, 408, 409, 429 and 5xx are retried with exponential backoff
+  (openai 3.54: 0.5 s doubling up to 8 s, less up to 25% jitter; a server's Retry-After wins); any
+  other 4xx fails at once, since asking again cannot fix it. Only how many retries is ours:
+  RETRIES for batches, INTERACTIVE_RETRIES where a person waits, none for a probe
+  (`served_model_id`: is the server there at all?).
+
+Beyond the core parser only `openai` is imported (the `client` extra installs nothing else), and
+only when a client is made.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .relations import Relation, parse_output, user_messages
 
-DEFAULT_MAX_TOKENS = 160  # params.yaml: evaluate.max_new_tokens
+API_KEY_ENV = "RELSFT_API_KEY"
+DEFAULT_PORT = 8000  # where `relsft serve` listens unless told otherwise (ServeSettings.port)
+# The builtin recipe's evaluate.max_new_tokens: the answer budget of a caller with no params.yaml
+# to read it from (inside a project it comes from params: `endpoint_from_args`). A test keeps them equal.
+DEFAULT_MAX_TOKENS = 160
+TIMEOUT = 120.0  # seconds for one whole answer; a request that takes longer is retried
+RETRIES = 5  # a batch waits out ~15 s of a restarting or saturated server
+INTERACTIVE_RETRIES = 2  # a person is waiting: a server that is not there is said within ~2 s
 
 
-def chat_request(model: str, text: str, max_tokens: int, stream: bool = False) -> dict:
-    """The chat-completions arguments every caller sends (sync client, `extract-book`'s async one)."""
-    return {"model": model, "messages": user_messages(text), "temperature": 0, "max_tokens": max_tokens,
-            "stream": stream}
+@dataclass(frozen=True)
+class Endpoint:
+    """A served model and how to ask it: the one place that makes clients and requests."""
+    url: str
+    api_key: str | None = None  # None: $RELSFT_API_KEY
+    model: str = "relsft"
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    timeout: float = TIMEOUT
+    retries: int = RETRIES
+
+    def connect(self, asynchronous: bool = False, **options: Any):
+        """An `openai.OpenAI` (`AsyncOpenAI`) with this endpoint's key, timeout and retries;
+        `options` go to its constructor too (e.g. an `http_client`)."""
+        import openai
+
+        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        return cls(base_url=self.url, api_key=self.api_key or os.environ.get(API_KEY_ENV) or "none",
+                   timeout=self.timeout, max_retries=self.retries, **options)
+
+    def request(self, text: str, stream: bool = False) -> dict[str, Any]:
+        """The chat-completions arguments that ask for `text`'s relations."""
+        return {"model": self.model, "messages": user_messages(text), "temperature": 0,
+                "max_tokens": self.max_tokens, "stream": stream}
 
 
-def delta(chunk) -> tuple[str, str | None]:
-    """A streamed chunk's new text and finish reason (either may be empty; `relsft ui` relays them too)."""
-    if not chunk.choices:
-        return "", None
-    choice = chunk.choices[0]
-    return choice.delta.content or "", choice.finish_reason
+def interactive(endpoint: Endpoint) -> Endpoint:
+    """`endpoint` with the retries of a request a person waits for."""
+    return replace(endpoint, retries=min(endpoint.retries, INTERACTIVE_RETRIES))
+
+
+def endpoint_from_args(args, params: dict[str, Any]) -> Endpoint:
+    """The served model of `--url/--api-key/--model-name` (extract, extract-book, ui), asked for
+    evaluate.max_new_tokens (params.yaml over its recipe); params may be {} (outside a project):
+    then DEFAULT_PORT and DEFAULT_MAX_TOKENS."""
+    port = params.get("serve", {}).get("port", DEFAULT_PORT)
+    return Endpoint(args.url or f"http://127.0.0.1:{port}/v1", args.api_key, args.model_name,
+                    params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
+
+
+def served_id(served: list, name: str) -> str:
+    """What a server's model list (/v1/models) serves as `name`: vLLM reports the model's path as `root`."""
+    for m in served:
+        if m.id == name:
+            return getattr(m, "root", None) or m.id
+    raise ValueError(f"the server serves no model {name!r} (it serves: {', '.join(m.id for m in served)})")
+
+
+async def served_model_id(client, name: str) -> str:
+    """`served_id` from an AsyncOpenAI `client`'s server. A probe, asked once: a server that is not
+    there is said at once, not after the retries."""
+    return served_id((await client.with_options(max_retries=0).models.list()).data, name)
 
 
 @dataclass(frozen=True)
@@ -46,35 +108,69 @@ class Extraction:
         parsed = parse_output(answer)
         return cls(answer, parsed.relations, parsed.bad_lines, finish_reason)
 
+    @classmethod
+    def of(cls, response) -> "Extraction":
+        """A (not streamed) chat completion's answer, parsed."""
+        choice = response.choices[0]
+        return cls.from_answer(choice.message.content or "", choice.finish_reason)
+
+
+class Streamed:
+    """An answer as its streamed chunks arrive (`RelationClient.stream`; `relsft ui` relays them)."""
+
+    def __init__(self):
+        self.pieces: list[str] = []
+        self.finish_reason: str | None = None
+
+    def add(self, chunk) -> str:
+        """The chunk's new text ('' if none); its finish reason is kept."""
+        if not chunk.choices:
+            return ""
+        choice = chunk.choices[0]
+        self.finish_reason = choice.finish_reason or self.finish_reason
+        self.pieces.append(choice.delta.content or "")
+        return self.pieces[-1]
+
+    def extraction(self) -> Extraction:
+        return Extraction.from_answer("".join(self.pieces), self.finish_reason)
+
 
 class RelationClient:
+    """A served model, synchronously. The async callers (extract-book, the UI) use `Endpoint.connect`."""
+
     def __init__(self, base_url: str, api_key: str | None = None, model: str = "relsft",
-                 max_tokens: int = DEFAULT_MAX_TOKENS, timeout: float = 120):
-        from openai import OpenAI
+                 max_tokens: int = DEFAULT_MAX_TOKENS, timeout: float = TIMEOUT, retries: int = RETRIES):
+        self.endpoint = Endpoint(base_url, api_key, model, max_tokens, timeout, retries)
+        self.openai = self.endpoint.connect()
 
-        self.model = model
-        self.max_tokens = max_tokens
-        self.openai = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("RELSFT_API_KEY") or "none",
-                             timeout=timeout, max_retries=0)
+    @classmethod
+    def at(cls, endpoint: Endpoint) -> "RelationClient":
+        return cls(endpoint.url, endpoint.api_key, endpoint.model, endpoint.max_tokens, endpoint.timeout,
+                   endpoint.retries)
 
-    def _request(self, text: str, stream: bool):
-        return self.openai.chat.completions.create(**chat_request(self.model, text, self.max_tokens, stream))
+    @property
+    def model(self) -> str:
+        return self.endpoint.model
+
+    @property
+    def max_tokens(self) -> int:
+        return self.endpoint.max_tokens
+
+    def served_model_id(self) -> str:
+        """`served_id` of this client's model; a probe, as `served_model_id` (the async one)."""
+        return served_id(self.openai.with_options(max_retries=0).models.list().data, self.model)
 
     def extract(self, text: str) -> Extraction:
         """One non-streaming request: the whole answer, parsed."""
-        choice = self._request(text, stream=False).choices[0]
-        return Extraction.from_answer(choice.message.content or "", choice.finish_reason)
+        return Extraction.of(self.openai.chat.completions.create(**self.endpoint.request(text)))
 
     def stream(self, text: str) -> Iterator[str]:
         """Yield the answer piece by piece as the server generates it; returns the Extraction (StopIteration.value)."""
-        pieces, finish_reason = [], None
-        for chunk in self._request(text, stream=True):
-            piece, finish = delta(chunk)
-            finish_reason = finish or finish_reason
-            if piece:
-                pieces.append(piece)
+        answer = Streamed()
+        for chunk in self.openai.chat.completions.create(**self.endpoint.request(text, stream=True)):
+            if piece := answer.add(chunk):
                 yield piece
-        return Extraction.from_answer("".join(pieces), finish_reason)
+        return answer.extraction()
 
     def stream_extract(self, text: str, on_piece=None) -> Extraction:
         """Stream, calling `on_piece(str)` for every piece, and return the parsed Extraction."""

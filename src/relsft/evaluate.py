@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_file, jsonl_line, read_jsonl, write_json
+from .report import metrics_table
 from .vocabulary import symmetric_relations
 
 
@@ -68,7 +69,7 @@ def per_phenomenon(examples: list[dict[str, Any]], answers: list[str], symmetric
     return out
 
 
-def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+def rounded(d: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
@@ -109,51 +110,6 @@ def score_answers(examples: list[dict[str, Any]], results: list[dict[str, Any]],
     return scores, rows
 
 
-def same_as_inprocess(predictions: Path, examples: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
-    """Served answers against the evaluate stage's own (reports/eval/predictions/finetuned_<split>.jsonl)."""
-    inprocess = {r["id"]: r["answer"] for r in read_jsonl(predictions)}
-    compared = [(e, a) for e, a in zip(examples, answers) if e["id"] in inprocess]
-    differ = [{"id": e["id"], "inprocess": inprocess[e["id"]], "served": a} for e, a in compared if a != inprocess[e["id"]]]
-    return {"compared": len(compared), "identical": len(compared) - len(differ), "differ": differ}
-
-
-def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_dir: str | Path, data_dir: str | Path,
-                      metrics_path: str | Path, cfg: dict[str, Any], concurrency: int = 8,
-                      reports_dir: str | Path | None = None) -> dict[str, Any]:
-    """Score a served model (OpenAI chat API, e.g. `relsft serve`) with the same splits and scoring code.
-    Where the evaluate stage's predictions are in `reports_dir`, each served answer is also compared
-    with the in-process one (`parity` in the metrics file): the served export should answer alike."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .client import RelationClient
-
-    client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"])
-    symmetric = symmetric_relations(data_dir)
-    metrics: dict[str, Any] = {}
-    parity: dict[str, Any] = {}
-    for split in cfg["splits"]:
-        examples = load_split(dataset_dir, split, cfg["max_examples"], data_dir)
-        with ThreadPoolExecutor(concurrency) as pool:  # the server batches concurrent requests
-            answers = list(pool.map(client.extract, [e["text"] for e in examples]))
-        predictions = Path(reports_dir or "", "predictions", f"finetuned_{split}.jsonl")
-        if reports_dir and predictions.exists():
-            parity[split] = same_as_inprocess(predictions, examples, [a.answer for a in answers])
-            print(f"endpoint  {split:8s} answers identical to in-process: {parity[split]['identical']}"
-                  f"/{parity[split]['compared']}")
-        scores = score([a.answer for a in answers], [e["output"] for e in examples], symmetric)
-        scores.pop("per_relation")
-        if any("phenomena" in e for e in examples):
-            scores["phenomena"] = per_phenomenon(examples, [a.answer for a in answers], symmetric)
-        scores["stopped_rate"] = sum(a.finish_reason == "stop" for a in answers) / max(1, len(answers))
-        scores["examples"] = len(examples)
-        scores["decoding"] = f"endpoint {base_url}, greedy, {concurrency} concurrent"
-        metrics[split] = _rounded(scores)
-        print(f"endpoint  {split:8s} strict F1 {metrics[split]['strict_f1']:.4f}  "
-              f"unordered F1 {metrics[split]['unordered_f1']:.4f}  exact {metrics[split]['exact_match']:.4f}")
-    write_json(metrics_path, {"endpoint": metrics, **({"parity": parity} if parity else {})})
-    return metrics
-
-
 def log_plots(reports_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
     """The fine-tuned model's per-relation F1, one DVCLive bar plot per split, and its F1 per phenomenon
     on each split that tags them (gold) (`dvc plots show`)."""
@@ -191,15 +147,12 @@ def run_evaluate(model_dir: str | Path, base_dir: str | Path, dataset_dir: str |
         for split, examples in splits.items():
             scores, rows = score_answers(examples, answers[split], symmetric, decoding)
             per_relation = scores.pop("per_relation")
-            metrics.setdefault(name, {})[split] = _rounded(scores)
+            metrics.setdefault(name, {})[split] = rounded(scores)
             per_relation_rows += [{"model": name, "split": split, "relation": rel, "f1": round(v["f1"], 4),
                                    "support": v["support"]} for rel, v in per_relation.items()]
             with atomic_file(reports_dir / "predictions" / f"{name}_{split}.jsonl") as f:
                 f.writelines(jsonl_line(r) for r in rows)
     write_json(metrics_path, metrics)
     log_plots(reports_dir, per_relation_rows, metrics)
-    for name, by_split in metrics.items():
-        for split, m in by_split.items():
-            print(f"{name:9s} {split:8s} strict F1 {m['strict_f1']:.4f}  unordered F1 {m['unordered_f1']:.4f}  "
-                  f"exact {m['exact_match']:.4f}  parse failures {m['parse_failure_rate']:.4f}")
+    print(metrics_table(metrics))
     return metrics

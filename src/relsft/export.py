@@ -15,6 +15,7 @@ from typing import Any
 from .chat import end_of_turn, sampling_keys_in, stop_on_end_of_turn
 from .files import atomic_dir, write_json
 from .relations import INSTRUCTION
+from .report import metrics_table
 
 
 def data_hash(data_dir: str | Path) -> str:
@@ -35,11 +36,6 @@ def fetched(base: dict[str, Any]) -> str:
 
 
 def model_card(params: dict[str, Any], metrics: dict[str, Any], digest: str, end_of_turn_token: str) -> str:
-    rows = []
-    for model, by_split in metrics.items():
-        for split, m in by_split.items():
-            rows.append(f"| {model} | {split} | {m['strict_f1']:.4f} | {m['unordered_f1']:.4f} | "
-                        f"{m['exact_match']:.4f} | {m['parse_failure_rate']:.4f} | {m['rougeL']:.4f} |")
     train = params["train"]
     return f"""---
 language: zh
@@ -63,9 +59,7 @@ Prompt (user turn, through the bundled chat template): `{INSTRUCTION}<text>`
 
 ## Evaluation (greedy, held-out splits)
 
-| model | split | strict F1 | unordered F1 | exact match | parse failures | ROUGE-L |
-|---|---|---|---|---|---|---|
-{chr(10).join(rows)}
+{metrics_table(metrics)}
 
 test_ood uses statement and clause wordings and name characters that never occur in training; gold is
 hand-written novel prose (docs/gold.md).

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +67,13 @@ class ScoringData:
     datasets: Path
     data: Path
     evaluate: dict[str, Any]
+
+    @classmethod
+    def from_params(cls, datasets: str | Path, data: str | Path, params: dict[str, Any]) -> "ScoringData":
+        """Scored as the evaluate stage scores: its settings and the context length it gives vLLM."""
+        from .evaluate import evaluate_settings
+
+        return cls(Path(datasets), Path(data), evaluate_settings(params["evaluate"], params["format"]["max_length"]))
 
     def md5(self, splits: list[str]) -> dict[str, str]:
         from .evaluate import split_path
@@ -213,6 +220,17 @@ def promote_candidate(export_dir: str | Path, registry: str | Path, settings: di
             _prune(registry, int(settings.get("keep", 5)))
         else:
             _append(registry, decision.record)
+    return decision
+
+
+def promote_and_reload(export_dir: str | Path, registry: str | Path, settings: dict[str, Any], on: ScoringData,
+                       record: dict[str, Any] | None = None, say: Callable[[str], None] = print) -> Decision:
+    """What `relsft promote` and the retraining flow both run: the gate (`promote_candidate`), its
+    verdict passed to `say`, then the reload hook (`promote.reload_command`) if production changed."""
+    decision = promote_candidate(export_dir, registry, settings, on, record)
+    say(decision.summary())
+    if decision.promote:
+        run_reload_hook(settings.get("reload_command", ""), registry)
     return decision
 
 

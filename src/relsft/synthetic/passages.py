@@ -29,9 +29,7 @@ from tqdm import tqdm
 
 from ..annotated import load_annotated, repeats
 from ..files import atomic_file, jsonl_line, write_json
-from .inputs import (LEVEL_1, PLACEHOLDER_RE, SEX_PAIRS, Clause, KinWord, RawData, RawDataError, Statement,
-                      load_raw, sex_pairs)
-from ..relations import INSTRUCTION
+from .inputs import LEVEL_1, SEX_PAIRS, Clause, KinWord, RawData, RawDataError, Statement, load_raw, sex_pairs
 
 SPLITS = ("train", "val", "test", "test_ood")
 MAX_ATTEMPTS = 100

@@ -1,7 +1,7 @@
 """`relsft ui`: the page's backend, a small FastAPI app run by uvicorn.
 
 The browser only ever talks to this process. It holds the served model's API key and calls the
-vLLM server with relsft's own code (`client.chat_request`, `book.extract.answer_all` and its cache,
+vLLM server with relsft's own code (`client.Endpoint`, `book.extract.answer_all` and its cache,
 `book.extract.book_graph`, `book.graph.write_outputs`), so no response of it carries the key and
 the page shows what `relsft extract` and `extract-book` would give.
 
@@ -39,11 +39,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from ..book.aliases import AliasFile
-from ..book.extract import (AnswerCache, Endpoint, answer_all, book_graph, book_inputs, endpoint_from_args,
-                            grounded_graph, served_model_id)
+from ..book.extract import AnswerCache, answer_all, book_graph, book_inputs, grounded_graph
 from ..book.graph import OUTPUTS, write_outputs
 from ..book.split import DEFAULT_MAX_CHARS, DEFAULT_OVERLAP, passages, split_chapters
-from ..client import Extraction, chat_request, delta
+from ..client import Endpoint, Streamed, endpoint_from_args, interactive, served_model_id
 from ..vocabulary import RelationType
 
 STATIC = Path(__file__).parent / "static"
@@ -106,20 +105,15 @@ async def with_heartbeat(events: AsyncIterator[str], every: float = HEARTBEAT) -
 async def extract_events(endpoint: Endpoint, text: str) -> AsyncIterator[str]:
     import openai
 
-    client = endpoint.client()
-    pieces, finish_reason = [], None
+    client = interactive(endpoint).connect(asynchronous=True)  # the page waits: few retries
+    answer = Streamed()
     try:
-        stream = await client.chat.completions.create(**chat_request(endpoint.model, text, endpoint.max_tokens,
-                                                                     stream=True))
-        async for chunk in stream:
-            piece, finish = delta(chunk)
-            finish_reason = finish or finish_reason
-            if piece:
-                pieces.append(piece)
+        async for chunk in await client.chat.completions.create(**endpoint.request(text, stream=True)):
+            if piece := answer.add(chunk):
                 yield sse("piece", {"text": piece})
-        result = Extraction.from_answer("".join(pieces), finish_reason)
+        result = answer.extraction()
         yield sse("done", {"answer": result.answer, "relations": [dataclasses.asdict(r) for r in result.relations],
-                           "bad_lines": result.bad_lines, "finish_reason": finish_reason})
+                           "bad_lines": result.bad_lines, "finish_reason": result.finish_reason})
     except openai.APIError as e:
         yield sse("error", {"message": upstream_error(e, endpoint.url)})
     finally:
@@ -215,7 +209,7 @@ def create_app(s: UISettings) -> FastAPI:
     async def status():
         import openai
 
-        client = dataclasses.replace(s.endpoint, timeout=s.status_timeout).client()
+        client = dataclasses.replace(s.endpoint, timeout=s.status_timeout).connect(asynchronous=True)
         about = {"url": s.endpoint.url, "model": s.endpoint.model, "max_chars": s.max_chars, "overlap": s.overlap}
         try:
             return {"ok": True, **about, "served_model": await served_model_id(client, s.endpoint.model)}
