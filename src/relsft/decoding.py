@@ -11,6 +11,8 @@ parity check and the exported model (which vLLM serves) decode alike.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -85,7 +87,8 @@ def vllm_greedy(model_dir, texts: list[str], max_new_tokens: int, dtype: str, ma
 
     if inference_device() == "cpu":  # unset, vLLM reserves ~90% of RAM for its KV cache
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=0)
+    limit = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=min(max_model_len, limit or max_model_len), seed=0)
     try:
         outputs = llm.chat([user_messages(t) for t in texts], SamplingParams(temperature=0, max_tokens=max_new_tokens),
                            chat_template_kwargs=chat_template_kwargs(model_dir) or None, use_tqdm=True)
