@@ -97,6 +97,9 @@ def test_max_model_len_and_command(pipeline_project, tiny_params):
     config = json.loads((pipeline_project / EXPORT / "config.json").read_text())
     wanted = tiny_params["format"]["max_length"] + tiny_params["evaluate"]["max_new_tokens"]
     assert s.max_model_len == min(wanted, config["max_position_embeddings"])
+    # serve.dtype "": the precision the export was evaluated in, from its relsft.json
+    card = json.loads((pipeline_project / EXPORT / "relsft.json").read_text())
+    assert tiny_params["serve"]["dtype"] == "" and s.dtype == card["params"]["evaluate"]["dtype"] == "float32"
     cmd = vllm_command(s)
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert {"--dtype", "float32", "127.0.0.1", "relsft"} <= set(cmd)
@@ -200,14 +203,15 @@ def test_extract_cli_streams_then_prints_relations(server, pipeline_project, inp
 def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_project, tiny_params, examples, tmp_path):
     """Parity: F1 through the server (evaluate --endpoint) == in-process evaluation of the served model,
     and answer by answer against in-process predictions of that model (`parity` in the metrics file)."""
-    from relsft.evaluate import _rounded, evaluate_model
-    from relsft.vocabulary import symmetric_relations
-    from relsft.decoding import load_for_inference
+    from relsft.evaluate import _rounded, decode_splits, score_answers
     from relsft.files import jsonl_line
+    from relsft.vocabulary import symmetric_relations
 
-    model, tok = load_for_inference(served_model)
     symmetric = symmetric_relations(pipeline_project / "data")
-    local, rows = evaluate_model(model, tok, examples, symmetric, tiny_params["evaluate"], desc="in-process test")
+    # As the evaluate stage scores a model: its engine decodes, its scorer scores.
+    answers, decoding = decode_splits(served_model, {"test": [e["text"] for e in examples]}, tiny_params["evaluate"],
+                                      desc="in-process")
+    local, rows = score_answers(examples, answers["test"], symmetric, decoding)
     local.pop("per_relation")
     local = _rounded(local)
     reports = tmp_path / "reports"  # the served model's own predictions, where evaluate keeps them
