@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run
-
-pytestmark = pytest.mark.slow  # builds, trains or serves real models
+from helpers import TINY, run
 
 
 @pytest.fixture

@@ -29,9 +29,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import ROOT, TINY, run
-
-pytestmark = pytest.mark.slow
+from helpers import ROOT, TINY, run
 
 sys.path.insert(0, str(ROOT))  # flows/ lives at the repository root, beside prefect.yaml
 

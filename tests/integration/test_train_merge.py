@@ -16,8 +16,6 @@ from relsft.base import build_base
 from relsft.formatting import format_dataset
 from relsft.synthetic.passages import generate
 
-pytestmark = pytest.mark.slow  # builds, trains or serves real models
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_params, raw_data_dir) -> Path:
