@@ -1,7 +1,7 @@
 # make pipeline : set up the venv and run the whole default pipeline offline (dvc repro)
 # make recipe RECIPE=qwen2.5-coder-0.5b-gguf : the same pipeline on another recipe, as a DVC experiment
-# make test     : set up the venv and run the test suite
-# make test-fast: the unit tests only (`pytest -m "not slow"`, under a minute)
+# make test     : set up the venv and run the test suite (tests/unit, then tests/integration; prints the 25 slowest)
+# make test-fast: the unit tests only (tests/unit: no model trained, no server, under a minute)
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 VENV  := .venv
@@ -59,10 +59,10 @@ recipe: setup data/relations.tsv
 	dvc metrics show
 
 test: setup
-	pytest
+	pytest --durations=25
 
 test-fast: setup
-	pytest -m "not slow"
+	pytest tests/unit
 
 bench: setup
 	python bench/train_speed.py

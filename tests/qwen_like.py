@@ -18,6 +18,8 @@ import json
 import shutil
 from pathlib import Path
 
+from helpers import deep_update
+
 VOCAB = 151936  # the checkpoints' embedding rows (the tokenizer has 151,669 tokens)
 ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
 
@@ -147,3 +149,11 @@ def write_gguf(hf_dir: Path, dst: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return dst
+
+
+def pretrained_params(tiny_params: dict, model: str, **base) -> dict:
+    """The tiny settings with `base.model` a pretrained model (a directory, a GGUF file or a hub id)."""
+    # lr 2e-3: LoRA on random tiny weights; the recipes' 2e-4 is for pretrained ones.
+    return deep_update(json.loads(json.dumps(tiny_params)),
+                       {"base": {"model": model, "dtype": "float32", "chat_template": "chatml", **base},
+                        "train": {"sft": {"learning_rate": 0.002}}})

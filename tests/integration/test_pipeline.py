@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run
-
-pytestmark = pytest.mark.slow  # builds, trains or serves real models
+from helpers import TINY, run
 
 
 @pytest.fixture
@@ -44,7 +42,7 @@ def dvclive_curve(project: Path, name: str) -> list[tuple[int, float]]:
 
 def test_training_loss_falls(project):
     losses = dvclive_curve(project, "train/loss")
-    train = TINY["train"]
+    train = TINY["train"]["sft"]
     # One row per logging step, at the optimizer step (not DVCLive's count of log calls).
     assert [s for s, _ in losses] == list(range(train["logging_steps"], train["max_steps"] + 1, train["logging_steps"]))
     assert losses[-1][1] < losses[0][1] * 0.8, losses
@@ -139,7 +137,7 @@ def test_export_is_self_contained_and_servable(project):
 
 def test_experiment_runs_with_a_changed_train_param(project):
     before = json.loads((project / "metrics/eval.json").read_text())
-    proc = run(["dvc", "exp", "run", "-S", "train.learning_rate=0.001"], project)
+    proc = run(["dvc", "exp", "run", "-S", "train.sft.learning_rate=0.001"], project)
     assert "Running stage 'train'" in proc.stdout
     assert "Running stage 'generate'" not in proc.stdout  # only what depends on train runs again
     exps = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
@@ -149,7 +147,7 @@ def test_experiment_runs_with_a_changed_train_param(project):
     columns = run(["dvc", "exp", "show", "--md", "--no-pager"], project).stdout
     assert "eval.loss" in columns and "train.loss" in columns, columns[:2000]
     summary = json.loads((project / "reports/training/metrics.json").read_text())
-    assert summary["steps"] == TINY["train"]["max_steps"]
+    assert summary["steps"] == TINY["train"]["sft"]["max_steps"]
     # The committed baseline stays in git, for `dvc metrics diff` against the experiment.
     run(["dvc", "metrics", "diff"], project)
     assert json.loads(run(["git", "show", "HEAD:metrics/eval.json"], project).stdout) == before
@@ -180,7 +178,7 @@ def test_bad_rows_stop_at_validate_and_keep_the_exported_model(project):
         proc = run(["dvc", "repro"], project, check=False)
         assert proc.returncode != 0
         log = proc.stdout + proc.stderr
-        assert "relsft validate: error" in log
+        assert "stage validate: error" in log
         for part in ("relations are in relations.tsv", "every output line is `A-B:rel`",
                      "every labelled name occurs in the text", "朋友", "萧炎林动好友"):
             assert part in log, part

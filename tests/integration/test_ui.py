@@ -1,17 +1,17 @@
-"""`relsft ui`: the backend without a browser (the key never leaves it), then the page in a real
-headless Chromium (Debian's `chromium`, driven by Playwright) against the backend started by the
-CLI and one vLLM server on the taught model (conftest.book_server: it knows STORY by heart, so
-its graph has real characters, evidence and a conflict), with an alias file that names 药老 药尘.
+"""`relsft ui`: the page in a real headless Chromium (Debian's `chromium`, driven by Playwright) against
+the backend started by the CLI and one vLLM server on the taught model (integration/conftest.py's
+book_server: it knows STORY by heart, so its graph has real characters, evidence and a conflict), with
+an alias file that names 药老 药尘.
+The backend without a browser is tests/unit/test_ui_backend.py.
 
 What the page shows is compared with what relsft computes in-process for the same text: the
-greedy answer of the served directory, merged by extract-book's code (conftest.inprocess_graph).
+greedy answer of the served directory, merged by extract-book's code (taught.inprocess_graph).
 The graph is read from the graph library's state (`window.relsftGraph`), not from pixels.
 RELSFT_UI_SCREENSHOT=path saves a screenshot of the page with its graph (the README's).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STORY, STORY_MAX_CHARS, TAUGHT_KEY, inprocess_answers, inprocess_graph, story_examples
+from taught import STORY, STORY_MAX_CHARS, TAUGHT_KEY, inprocess_answers, inprocess_graph, story_examples
 from relsft.book.split import Chapter
 from relsft.serve import free_port
 
@@ -33,86 +33,9 @@ CHROMIUM = "/usr/bin/chromium"
 # the page must need nothing but its backend.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-SECRET = "sekret-key-that-stays-on-the-server"
 FAST = 5_000  # ms: what "says so instead of hanging" means here
 IDLE_MS = 15_000  # static/app.js: how long the page waits for a silent backend
 
-
-# --- the backend alone --------------------------------------------------------------------------
-
-def test_the_key_never_reaches_the_page(raw_data_dir, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from relsft.book.extract import Endpoint
-    from relsft.ui.server import VENDOR, UISettings, create_app
-    from relsft.vocabulary import load_relations
-
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    app = create_app(UISettings(Endpoint(dead, SECRET), load_relations(raw_data_dir), tmp_path, status_timeout=2))
-    with TestClient(app) as client:
-        responses = [client.get(path) for path in ("/", "/static/app.js", "/static/style.css", "/api/status",
-                                                   f"/static/vendor/{VENDOR.name}")]
-        responses.append(client.post("/api/extract", json={"text": "韩立与紫灵是师徒关系。"}))
-        responses.append(client.post("/api/book", files={"file": ("c.txt", "韩立与紫灵是师徒关系。".encode())}))
-    assert [r.status_code for r in responses] == [200, 200, 200, 502, 200, 200, 200]
-    for r in responses:
-        assert SECRET not in r.text and SECRET not in str(r.headers)
-    assert responses[3].json()["error"] == f"cannot reach the model server at {dead} (Connection error.)"
-    assert "event: error" in responses[5].text and "cannot reach the model server" in responses[6].text
-    # The page loads nothing from anywhere else: every script and stylesheet is the backend's own.
-    page = responses[0].text
-    assert "http" not in page.replace('href="data:,"', "") and "static/vendor/cytoscape.min.js" in page
-
-
-def test_an_update_removes_the_names_a_merge_took_away(raw_data_dir):
-    """宝玉 is a node until 贾宝玉 turns up: then the page must drop 宝玉 and its edges, not keep them."""
-    from relsft.book.extract import grounded_graph
-    from relsft.book.split import passages
-    from relsft.ui.server import changes
-    from relsft.vocabulary import load_relations
-
-    chapters = [Chapter("c", "贾政之子宝玉。贾宝玉爱林黛玉。")]
-    _, book = passages(chapters, 8, 0)
-    answers = ["贾政-宝玉:父子", "贾宝玉-林黛玉:恋人"]
-    sent = {}
-    first = changes(grounded_graph(chapters, book[:1], answers[:1], load_relations(raw_data_dir)), sent)
-    assert [n["id"] for n in first["nodes"]] == ["宝玉", "贾政"] and first["removed"] == []
-    second = changes(grounded_graph(chapters, book, answers, load_relations(raw_data_dir)), sent)
-    assert second["removed"] == [{"source": "贾政", "target": "宝玉", "relation": "父子"}, {"id": "宝玉"}]
-    assert [n["id"] for n in second["nodes"]] == ["林黛玉", "贾宝玉"]  # 贾政 unchanged: not sent again
-    assert [(e["source"], e["target"]) for e in second["edges"]] == [("林黛玉", "贾宝玉"), ("贾政", "贾宝玉")]
-    assert changes(grounded_graph(chapters, book, answers, load_relations(raw_data_dir)), sent) == {
-        "nodes": [], "edges": [], "removed": []}
-
-
-def test_heartbeats_fill_silences():
-    from relsft.ui.server import with_heartbeat
-
-    async def slow():
-        yield "event: a\n\n"
-        await asyncio.sleep(0.35)
-        yield "event: b\n\n"
-
-    async def collect():
-        return [e async for e in with_heartbeat(slow(), every=0.1)]
-
-    events = asyncio.run(collect())
-    assert events[0] == "event: a\n\n" and events[-1] == "event: b\n\n"
-    assert 2 <= events.count(": alive\n\n") <= 4 and len(events) == events.count(": alive\n\n") + 2
-
-
-def test_without_the_vendored_graph_library_ui_says_how_to_build_it(monkeypatch, tmp_path, capsys):
-    from relsft import cli
-    from relsft.ui import server
-
-    monkeypatch.setattr(server, "VENDOR", tmp_path / "cytoscape.min.js")
-    monkeypatch.chdir(tmp_path)  # outside a project: runs anyway, as extract-book does
-    assert cli.main(["ui", "--port", str(free_port())]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("relsft ui: error: ") and "make setup" in err and len(err.splitlines()) == 1
-
-
-# --- the page in a real browser -----------------------------------------------------------------
 
 class Backend:
     """`relsft ui` in its own process, as a user starts it."""
@@ -219,7 +142,6 @@ def seen(page, selector: str) -> list[str]:
     return page.evaluate("(sel) => window.__seen[sel]", selector)
 
 
-@pytest.mark.slow
 def test_a_pasted_passage_streams_into_the_answer_box(ui, page, taught_model, tiny_params):
     passage = story_examples()[0]["text"]
     [inprocess] = inprocess_answers(taught_model, [passage], tiny_params)
@@ -254,7 +176,6 @@ def edge_rows(graph) -> list[dict]:
              "conflict": e["conflict"], "passages": [ev["passage"] for ev in e["evidence"]]} for e in graph["edges"]]
 
 
-@pytest.mark.slow
 def test_an_uploaded_chapter_grows_the_graph_and_an_edge_shows_its_evidence(ui, page, expected, story_file):
     import networkx as nx
 
@@ -323,7 +244,6 @@ def banner_within(page, fast_ms: int = FAST) -> str:
     return page.inner_text("#banner")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["dead upstream", "wrong key"])
 def test_a_broken_model_server_is_reported_not_waited_for(problem, book_server, page, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
@@ -352,7 +272,6 @@ def write_chapter(d: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_a_stopped_backend_is_reported(page, tmp_path):
     backend = Backend(tmp_path, f"http://127.0.0.1:{free_port()}/v1", TAUGHT_KEY)
     page.goto(backend.base)
@@ -368,7 +287,6 @@ def test_a_stopped_backend_is_reported(page, tmp_path):
     assert "cannot reach the relsft ui backend" in banner_within(page)
 
 
-@pytest.mark.slow
 def test_a_frozen_backend_is_given_up_on(page, tmp_path):
     """A backend that accepts the connection and then says nothing (here: stopped with SIGSTOP)."""
     backend = Backend(tmp_path, f"http://127.0.0.1:{free_port()}/v1", TAUGHT_KEY)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 
 SRC = ROOT / "src"
 # Declared on purpose beyond the code a stage runs: the prompts train learns are format's, so editing the

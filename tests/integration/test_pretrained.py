@@ -1,5 +1,6 @@
-"""Pretrained base models, offline: hub-like Qwen directories (real Qwen3 tokenizer, tiny weights), a GGUF
-file, a hub id with no network, and multi-process training under `accelerate launch`.
+"""Pretrained base models, offline: hub-like Qwen directories (real Qwen3 tokenizer, tiny weights) through
+the whole tiny pipeline, a GGUF file, and multi-process training under `accelerate launch`. What the base
+stage does with them without training is tests/unit/test_pretrained_base.py.
 
 Each hub-like model runs the whole tiny pipeline through `base.model: <dir>`, is taught one-relation
 answers a little more (as the serving tests teach theirs) and is served by a real vLLM on 127.0.0.1.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +19,10 @@ import httpx
 import pytest
 import yaml
 
-from conftest import deep_update, make_project, run, teach_one_relation
-from qwen_like import IM_END, qwen3_base_like, qwen25_instruct_like, write_gguf
-from relsft.chat import SAMPLING_KEYS, end_of_turn, render_completion, render_prompt
+from helpers import deep_update, make_project, run
+from qwen_like import IM_END, pretrained_params, qwen3_base_like, qwen25_instruct_like, write_gguf
+from taught import teach_one_relation
+from relsft.chat import SAMPLING_KEYS, render_prompt
 from relsft.client import RelationClient
 from relsft.relations import user_messages
 from relsft.serve import ServeSettings, VLLMServer, free_port, vllm_command
@@ -27,13 +30,6 @@ from relsft.serve import ServeSettings, VLLMServer, free_port, vllm_command
 EXPORT = "export/relsft-model"
 API_KEY = "test-key-pretrained"
 FIXTURES = {"qwen3-base-like": qwen3_base_like, "qwen2.5-instruct-like": qwen25_instruct_like}
-
-
-def pretrained_params(tiny_params: dict, model: str, **base) -> dict:
-    # lr 2e-3: LoRA on random tiny weights; the recipes' 2e-4 is for pretrained ones.
-    return deep_update(json.loads(json.dumps(tiny_params)),
-                       {"base": {"model": model, "dtype": "float32", "chat_template": "chatml", **base},
-                        "train": {"learning_rate": 0.002}})
 
 
 @pytest.fixture(scope="module", params=list(FIXTURES))
@@ -51,23 +47,6 @@ def pretrained_project(hub_like, tiny_params, tmp_path_factory) -> Path:
     return proj
 
 
-def test_the_checkpoints_disagree_on_eos_and_sample_by_default(tmp_path):
-    """What the base stage has to mend: the fixtures are as the hub ships them."""
-    from transformers import AutoTokenizer
-
-    base = qwen3_base_like(tmp_path / "q3")
-    tok = AutoTokenizer.from_pretrained(base)
-    assert tok.eos_token == "<|endoftext|>" and end_of_turn(tok) == "<|im_end|>"
-    prompt = tok.apply_chat_template(user_messages("x"), add_generation_prompt=True, tokenize=False)
-    full = tok.apply_chat_template(user_messages("x") + [{"role": "assistant", "content": "a-b:师徒"}], tokenize=False)
-    assert "<think>" in full[len(prompt):]  # Qwen3's template: the answer would be trained after a think block
-    instruct = qwen25_instruct_like(tmp_path / "q25")
-    assert "You are Qwen" in AutoTokenizer.from_pretrained(instruct).apply_chat_template(
-        user_messages("x"), add_generation_prompt=True, tokenize=False)
-    assert {"do_sample", "repetition_penalty"} <= set(json.loads((instruct / "generation_config.json").read_text()))
-
-
-@pytest.mark.slow
 def test_base_stage_makes_end_of_turn_the_eos_and_decoding_greedy(pretrained_project):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -83,7 +62,6 @@ def test_base_stage_makes_end_of_turn_the_eos_and_decoding_greedy(pretrained_pro
     assert provenance["source"] == "directory" and provenance["end_of_turn"] == "<|im_end|>"
 
 
-@pytest.mark.slow
 def test_formatted_completion_is_the_answer_and_end_of_turn(pretrained_project):
     gold = {json.loads(line)["id"]: json.loads(line)["output"]
             for line in (pretrained_project / "datasets/train.jsonl").read_text(encoding="utf-8").splitlines()}
@@ -92,7 +70,6 @@ def test_formatted_completion_is_the_answer_and_end_of_turn(pretrained_project):
     assert all("<think>" not in r["prompt"] + r["completion"] for r in records)
 
 
-@pytest.mark.slow
 def test_exported_model_stops_at_end_of_turn_and_sets_no_sampling(pretrained_project):
     export = pretrained_project / EXPORT
     generation = json.loads((export / "generation_config.json").read_text())
@@ -110,7 +87,6 @@ def taught(pretrained_project, tiny_params, tmp_path_factory) -> Path:
                               tmp_path_factory.mktemp("taught"), steps=300)
 
 
-@pytest.mark.slow
 def test_served_answers_stop_without_think_and_equal_inprocess(taught, tiny_params, tmp_path):
     from relsft.decoding import greedy_generate, load_for_inference
 
@@ -133,23 +109,6 @@ def test_served_answers_stop_without_think_and_equal_inprocess(taught, tiny_para
     assert all("<think>" not in s.answer for s in served)
 
 
-def test_qwen3_own_template_keeps_thinking_off_everywhere(tmp_path, tiny_params):
-    """base.chat_template: model keeps Qwen3's template; format renders it with thinking off, and the
-    server is told to render it so too."""
-    from transformers import AutoTokenizer
-
-    from relsft.base import build_base
-
-    out = build_base(pretrained_params(tiny_params, str(qwen3_base_like(tmp_path / "q3")), chat_template="model"),
-                     tmp_path / "base")
-    tok = AutoTokenizer.from_pretrained(out)
-    assert render_prompt(tok, "x").endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    assert render_completion(tok, "x", "甲-乙:师徒") == "甲-乙:师徒<|im_end|>"
-    cmd = vllm_command(ServeSettings(model=str(out)))
-    assert cmd[cmd.index("--default-chat-template-kwargs") + 1] == '{"enable_thinking": false}'
-
-
-@pytest.mark.slow
 def test_a_gguf_file_loads_as_the_base(tmp_path, tiny_params):
     """A GGUF written as llama.cpp writes one (float32 tensors) converts into the same model and tokenizer."""
     import torch
@@ -174,35 +133,6 @@ def test_a_gguf_file_loads_as_the_base(tmp_path, tiny_params):
     assert getattr(converted, "hf_quantizer", None) is None
 
 
-def _relsft(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relsft.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-@pytest.mark.parametrize("offline", ["", "1"])
-def test_hub_id_without_network_fails_in_one_clear_line(tmp_path, tiny_params, offline):
-    params = pretrained_params(tiny_params, "Qwen/Qwen3-0.6B-Base", revision="main")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE=offline)
-    proc = _relsft(["base", "--data", "data", "--out", "models/base"], tmp_path, env)
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert errors == [line for line in proc.stderr.splitlines() if line.startswith("relsft base: error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr
-    assert "hf download Qwen/Qwen3-0.6B-Base --revision main" in errors[0]
-    assert not (tmp_path / "models/base").exists()
-
-
-def test_a_missing_local_model_or_gguf_is_named(tmp_path, tiny_params):
-    from relsft.base import build_base
-
-    for missing in (tmp_path / "nowhere.gguf", tmp_path / "no/such/dir"):
-        with pytest.raises(FileNotFoundError, match=str(missing.name)):
-            build_base(pretrained_params(tiny_params, str(missing)), tmp_path / "base")
-
-
-@pytest.mark.slow
 def test_accelerate_two_processes_train_one_valid_adapter(tmp_path, tiny_params, raw_data_dir):
     """Two data-parallel processes (gloo on CPU) train one adapter, written once by the main process.
 
@@ -216,21 +146,23 @@ def test_accelerate_two_processes_train_one_valid_adapter(tmp_path, tiny_params,
     from relsft.formatting import format_dataset
     from relsft.synthetic.passages import generate
 
-    params = deep_update(json.loads(json.dumps(tiny_params)), {"data": {"dir": str(raw_data_dir)},
-                                                               "train": {"max_steps": 6, "eval_steps": 3,
-                                                                         "save_steps": 3, "num_threads": 1}})
+    params = deep_update(json.loads(json.dumps(tiny_params)), {
+        "data": {"dir": str(raw_data_dir)},
+        "train": {"sft": {"max_steps": 6, "eval_steps": 3, "save_steps": 3}, "num_threads": 1}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     build_base(params, tmp_path / "models/base")
     generate(raw_data_dir, tmp_path / "datasets", params["generate"])
     format_dataset(tmp_path / "models/base", tmp_path / "datasets", tmp_path / "formatted", params["format"])
     launcher = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relsft.cli", "train", "--base",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relsft.stages.train", "--base",
                            "models/base", "--formatted", "formatted", "--out", "models/adapter", "--live", "reports/training"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("train: fp32 (CPU), 2 process(es)") == 2  # two ranks, one group
+    # two ranks, one group; the recipe's train.precision (fp32) on the CPU, whatever its bf16 support
+    assert len(re.findall(r"^train: fp32 on CPU( with native bf16)?, 2 process\(es\)$", proc.stdout, re.M)) == 2, \
+        proc.stdout[-2000:]
     siblings = sorted(p.name for p in (tmp_path / "models").iterdir())
     assert siblings == ["adapter", "base"]  # one adapter, no half-renamed copy of a second writer
     summary = json.loads((tmp_path / "reports/training/metrics.json").read_text())

@@ -13,7 +13,7 @@ import openai
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 from relsft.book.extract import AnswerCache, answer_all
 from relsft.client import (DEFAULT_MAX_TOKENS, INTERACTIVE_RETRIES, Endpoint, RelationClient, interactive,
                            served_model_id)

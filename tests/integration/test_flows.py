@@ -29,9 +29,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import ROOT, TINY, run
-
-pytestmark = pytest.mark.slow
+from helpers import ROOT, TINY, run
 
 sys.path.insert(0, str(ROOT))  # flows/ lives at the repository root, beside prefect.yaml
 
@@ -181,7 +179,7 @@ def retrained(pipeline_project, prefect_harness, tmp_path_factory):
     promote_cli(pipeline_project, params_file, "--experiment", "baseline")
     before, workspace = production_state(registry), git_state(pipeline_project)
     result = retrain(project_dir=str(pipeline_project), seed=7,
-                     set_params=[f"promote.registry={registry}", "train.max_steps=1"])
+                     set_params=[f"promote.registry={registry}", "train.sft.max_steps=1"])
     after = git_state(pipeline_project)
     fetch(pipeline_project, result["experiment_rev"], "export/relsft-model", tmp / "worse")
     return {"registry": registry, "before": before, "result": result, "worse": tmp / "worse",
@@ -213,18 +211,18 @@ def test_a_retrain_leaves_the_workspace_as_it_was(retrained, pipeline_project):
     assert after == before and before[1] == ""  # same HEAD, `git status` clean, params.yaml byte-identical
     assert "up to date" in run(["dvc", "status"], pipeline_project).stdout
     rev = retrained["result"]["experiment_rev"]
-    assert experiment_params(pipeline_project, rev)["train"]["max_steps"] == 1
+    assert experiment_params(pipeline_project, rev)["train"]["sft"]["max_steps"] == 1
     assert retrained["result"]["experiment"] in run(["dvc", "exp", "list", "--name-only"], pipeline_project).stdout
 
 
 def test_a_second_retrain_does_not_inherit_the_first_ones_overrides(retrained, pipeline_project, tmp_path):
     workspace = git_state(pipeline_project)
     result = retrain(project_dir=str(pipeline_project), seed=8,
-                     set_params=[f"promote.registry={tmp_path / 'registry'}", "train.logging_steps=4"])
+                     set_params=[f"promote.registry={tmp_path / 'registry'}", "train.sft.logging_steps=4"])
     params = experiment_params(pipeline_project, result["experiment_rev"])
     project_params = yaml.safe_load((pipeline_project / "params.yaml").read_text())
-    assert params["train"]["logging_steps"] == 4
-    assert params["train"]["max_steps"] == project_params["train"]["max_steps"] == TINY["train"]["max_steps"]
+    assert params["train"]["sft"]["logging_steps"] == 4
+    assert params["train"]["sft"]["max_steps"] == project_params["train"]["sft"]["max_steps"] == TINY["train"]["sft"]["max_steps"]
     assert params["promote"]["registry"] == str(tmp_path / "registry")  # not the first run's
     assert params["generate"]["seed"] == 8
     assert git_state(pipeline_project) == workspace

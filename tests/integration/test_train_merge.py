@@ -16,8 +16,6 @@ from relsft.base import build_base
 from relsft.formatting import format_dataset
 from relsft.synthetic.passages import generate
 
-pytestmark = pytest.mark.slow  # builds, trains or serves real models
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_params, raw_data_dir) -> Path:
@@ -84,13 +82,12 @@ def test_scoring_only_the_answer_positions_leaves_loss_and_gradients_unchanged(w
         assert torch.allclose(compact_grads[name], g, rtol=1e-4, atol=1e-6), name
 
 
-# No dvc.yaml in the work directory: the command takes the paths dvc.yaml would pass.
-TRAIN = ["train", "--base", "models/base", "--formatted", "formatted", "--out", "models/adapter",
-         "--live", "reports/training"]
+# No dvc.yaml in the work directory: the stage module takes the paths dvc.yaml would pass.
+TRAIN = ["--base", "models/base", "--formatted", "formatted", "--out", "models/adapter", "--live", "reports/training"]
 
 
-def relsft(args, cwd, **kw):
-    return subprocess.Popen([sys.executable, "-m", "relsft.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+def train_stage(args, cwd, **kw):
+    return subprocess.Popen([sys.executable, "-m", "relsft.stages.train", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -104,7 +101,7 @@ def test_evaluating_more_often_does_not_change_what_training_sees(workdir, tiny_
         trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / f"order-{every}",
                                 max_steps=70, eval_steps=every, save_strategy="no", logging_steps=5,
                                 disable_tqdm=True)
-        assert len(trainer.train_dataset) // cfg["batch_size"] < 60  # the run crosses an epoch boundary
+        assert len(trainer.train_dataset) // cfg["sft"]["per_device_train_batch_size"] < 60  # the run crosses an epoch boundary
         trainer.train()
         curves[every] = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
         evaluations[every] = sum(1 for e in trainer.state.log_history if "eval_loss" in e)
@@ -114,11 +111,11 @@ def test_evaluating_more_often_does_not_change_what_training_sees(workdir, tiny_
 
 def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     params = yaml.safe_load((workdir / "params.yaml").read_text(encoding="utf-8"))
-    params["train"].update(max_steps=60, save_steps=10, eval_steps=20)  # 400 examples: into the 2nd epoch
+    params["train"]["sft"].update(max_steps=60, save_steps=10, eval_steps=20)  # 400 examples: into the 2nd epoch
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     ckpts = workdir / "checkpoints"
     shutil.rmtree(ckpts, ignore_errors=True)
-    proc = relsft(TRAIN, workdir)
+    proc = train_stage(TRAIN, workdir)
     deadline = time.time() + 300
     while not list(ckpts.glob("*/checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
@@ -126,7 +123,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (workdir / "models/adapter").exists()  # killed before the end: nothing half-written
-    done = relsft(TRAIN, workdir)
+    done = train_stage(TRAIN, workdir)
     out, _ = done.communicate(timeout=600)
     assert done.returncode == 0, out
     assert "resuming from" in out and "checkpoint-" in out
@@ -138,7 +135,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     # ... and it continues as if it had never been killed: same batches, same losses.
     resumed = (workdir / "reports/training/plots/metrics/train/loss.tsv").read_text()
     shutil.rmtree(ckpts)
-    fresh = relsft(TRAIN, workdir)
+    fresh = train_stage(TRAIN, workdir)
     out, _ = fresh.communicate(timeout=600)
     assert fresh.returncode == 0 and "resuming from" not in out, out
     assert (workdir / "reports/training/plots/metrics/train/loss.tsv").read_text() == resumed
@@ -152,7 +149,7 @@ def test_merge_fails_loudly_when_the_merge_changes_answers(workdir, monkeypatch,
 
     adapter = workdir / "models/adapter"
     if not adapter.exists():  # when run on its own, without the resume test before it
-        out, _ = relsft(TRAIN, workdir).communicate(timeout=600)
+        out, _ = train_stage(TRAIN, workdir).communicate(timeout=600)
         assert adapter.exists(), out
     # PeftModel forwards merge_and_unload to its tuner (BaseTuner); break it there: hand back the
     # base weights as if nothing had been trained (`unload()` would keep the trained embeddings).
