@@ -104,7 +104,8 @@ def retrain(project_dir: str = ".", seed: int | None = None, set_params: list[st
             timeout_seconds: float = 14 * 3600) -> dict:
     """Retrain on fresh data (`seed`, default: from the clock) and promote the result if it passes the gate.
 
-    `set_params` are extra `dvc exp run -S` overrides for this run only, e.g. ["train.sft.max_steps=2000"].
+    `set_params` are extra `dvc exp run -S` overrides for this run only, e.g. ["+train.sft.max_steps=2000"]
+    (`+`: params.yaml leaves train.sft to the recipe, so the key is added there for the run).
     """
     seed = int(time.time()) if seed is None else seed
     project = str(Path(project_dir).resolve())
