@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -103,16 +104,35 @@ def test_metrics_agree_with_the_parser_clients_use(project):
             assert m["parse_failure_rate"] == round(failed / len(rows), 4), (name, split)
 
 
-def test_editing_the_instruction_marks_every_stage_that_uses_it_changed(project):
-    relations = project / "src/relsft/relations.py"
+def test_editing_a_user_command_reruns_nothing_and_editing_the_instruction_reruns_what_uses_it(project, tmp_path):
+    """After `dvc repro`, a flag of `relsft ui` (a user command, cli.py) is edited: `dvc status` stays
+    clean, as no stage runs cli.py. The instruction (relations.py) is edited: format, train, evaluate and
+    merge are changed. In a copy of the project (git and DVC included), so the shared one stays as it is."""
+    proj = tmp_path / "proj"
+    shutil.copytree(project, proj, symlinks=True)
+    assert "up to date" in run(["dvc", "status"], proj).stdout  # the copy is the repro'd project
+
+    cli = proj / "src/relsft/cli.py"
+    flag = """p.add_argument("--port", type=int, default=8765, help="the page's port (default: 8765)")"""
+    source = cli.read_text(encoding="utf-8")
+    assert source.count(flag) == 1, "relsft ui's --port flag moved: edit another of its flags here"
+    cli.write_text(source.replace(flag, flag.replace("the page's port", "the port the page is served on")),
+                   encoding="utf-8")
+    assert run(["git", "diff", "--name-only"], proj).stdout.split() == ["src/relsft/cli.py"]
+    status = run(["dvc", "status"], proj).stdout
+    assert "Data and pipelines are up to date" in status, status
+    assert json.loads(run(["dvc", "status", "--json"], proj).stdout) == {}
+
+    relations = proj / "src/relsft/relations.py"
     original = relations.read_text(encoding="utf-8")
-    try:
-        relations.write_text(original.replace('INSTRUCTION = "', 'INSTRUCTION = "请', 1), encoding="utf-8")
-        changed = set(json.loads(run(["dvc", "status", "--json"], project).stdout))
-    finally:
-        relations.write_text(original, encoding="utf-8")
-    assert {"format", "train", "evaluate", "merge"} <= changed, changed
-    assert "up to date" in run(["dvc", "status"], project).stdout
+    assert original.count('INSTRUCTION = "') == 1
+    relations.write_text(original.replace('INSTRUCTION = "', 'INSTRUCTION = "请', 1), encoding="utf-8")
+    changed = json.loads(run(["dvc", "status", "--json"], proj).stdout)
+    assert {"format", "train", "evaluate", "merge"} <= set(changed), changed
+    for stage in ("format", "train", "evaluate", "merge"):
+        assert {"changed deps": {"src/relsft/relations.py": "modified"}} in changed[stage], (stage, changed[stage])
+    relations.write_text(original, encoding="utf-8")  # the instruction back: clean again, cli.py still edited
+    assert "up to date" in run(["dvc", "status"], proj).stdout
 
 
 def test_merge_parity_was_checked(project):
