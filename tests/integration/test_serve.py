@@ -223,7 +223,7 @@ def test_extract_cli_streams_then_prints_relations(server, pipeline_project, inp
 def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_project, tiny_params, examples, tmp_path):
     """Parity: F1 through the server (evaluate --endpoint) == in-process evaluation of the served model,
     and answer by answer against in-process predictions of that model (`parity` in the metrics file)."""
-    from relsft.evaluate import _rounded, decode_splits, score_answers
+    from relsft.evaluate import decode_splits, rounded, score_answers
     from relsft.files import jsonl_line
     from relsft.vocabulary import symmetric_relations
 
@@ -233,7 +233,7 @@ def test_evaluate_endpoint_equals_inprocess_f1(server, served_model, pipeline_pr
                                       desc="in-process")
     local, rows = score_answers(examples, answers["test"], symmetric, decoding)
     local.pop("per_relation")
-    local = _rounded(local)
+    local = rounded(local)
     reports = tmp_path / "reports"  # the served model's own predictions, where evaluate keeps them
     (reports / "predictions").mkdir(parents=True)
     (reports / "predictions" / "finetuned_test.jsonl").write_text("".join(jsonl_line(r) for r in rows), encoding="utf-8")
