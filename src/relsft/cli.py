@@ -5,17 +5,12 @@ evaluate --endpoint). Settings come from params.yaml. The pipeline's stages are 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from .params import load_params  # noqa: E402
-
-from .paths import stage_paths_or_empty  # noqa: E402
+from .params import load_params
+from .paths import stage_paths_or_empty
+from .stages import exit_code  # also sets the environment the stages run in (offline datasets, quiet tokenizers)
 
 
 def cmd_init_data(args, params):
@@ -221,20 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         if name in EXTRA_ARGUMENTS:
             EXTRA_ARGUMENTS[name](p)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         # A client needs no project: extract, extract-book and ui run anywhere, with params.yaml's settings if present.
         anywhere = args.command in RUNS_ANYWHERE and not Path(args.params).exists()
         params = {} if anywhere else load_params(args.params, verbose=True)
         if missing := missing_paths(args.command, args):
             raise ValueError(f"pass {', '.join(missing)}: there is no dvc.yaml stage here to take them from")
         COMMANDS[args.command][0](args, params)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Expected failures (bad data, failed checks) get their message, not a traceback.
-        if os.environ.get("RELSFT_DEBUG"):
-            raise
-        print(f"relsft {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_code(f"relsft {args.command}", run)
 
 
 if __name__ == "__main__":

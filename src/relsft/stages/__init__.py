@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def run_stage(name: str, paths: tuple[str, ...], body: Callable[[argparse.Namespace, dict[str, Any]], Any],
               argv: list[str] | None = None) -> int:
     """Parse `--params` and the stage's path flags, load params.yaml over its recipe, run `body`.
-    Expected failures (bad data, failed checks) end with their message and exit 1, not a traceback."""
+    Expected failures end with their message and exit 1 (exit_code)."""
     from ..params import load_params
 
     parser = argparse.ArgumentParser(prog=f"python -m relsft.stages.{name}", description=body.__doc__)
@@ -31,11 +31,17 @@ def run_stage(name: str, paths: tuple[str, ...], body: Callable[[argparse.Namesp
     for flag in paths:
         parser.add_argument(f"--{flag}", required=True)
     args = parser.parse_args(argv)
+    return exit_code(f"stage {name}", lambda: body(args, load_params(args.params, verbose=True)))
+
+
+def exit_code(prog: str, call: Callable[[], Any]) -> int:
+    """Run `call`: 0, or 1 after one line `<prog>: error: ...` where it fails as expected (bad data, a
+    failed check) rather than with a traceback; RELSFT_DEBUG=1 re-raises. The stages and `relsft` share it."""
     try:
-        body(args, load_params(args.params, verbose=True))
+        call()
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         if os.environ.get("RELSFT_DEBUG"):
             raise
-        print(f"stage {name}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
