@@ -1,6 +1,6 @@
 """How well a character graph agrees with the hand-checked relations of relations.tsv.
 
-    python examples/hongloumeng/check.py hongloumeng-graph/graph.json [--json out.json]
+    python examples/hongloumeng/check.py hongloumeng-graph/graph.json [--json out.json] [--curve curve.csv]
 
 A graph node is a listed character when one of its names is one of the character's (the listed
 aliases, `甄士隐|士隐|甄费`). An edge recovers a listed relation when its two ends are the listed
@@ -10,11 +10,15 @@ an edge stated as 师父, or as 徒弟 the other way); symmetric bonds match in 
 recall: the listed relations that some edge recovers. precision: of the edges whose both ends are
 listed characters, those that recover a listed relation. The list holds what chapters 1-5 state
 that a reader would check first, not every relation they state, so precision is a lower bound.
+
+--curve: the same at each minimum confidence (`extract-book --min-confidence`: an edge is kept when
+the model gave one of its statements at least that probability), as CSV for `dvc plots`.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -72,6 +76,22 @@ def check(graph: dict, rows: list[dict], relations: dict[str, RelationType] | No
             "relations": found, "judged": judged}
 
 
+THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def curve(graph: dict, rows: list[dict], relations: dict[str, RelationType] | None = None,
+          thresholds=THRESHOLDS) -> list[dict]:
+    """Edges, recall and precision of the graph cut at each minimum confidence (an edge of unknown
+    confidence, from answers without logprobs, is kept)."""
+    out = []
+    for t in thresholds:
+        kept = [e for e in graph["edges"] if e.get("confidence") is None or e["confidence"] >= t]
+        r = check(dict(graph, edges=kept), rows, relations)
+        out.append({"min_confidence": t, **{k: r[k] for k in ("edges", "recovered", "recall", "judged_edges",
+                                                               "correct_edges", "precision")}})
+    return out
+
+
 def ratio(n: int, d: int) -> float | None:
     return round(n / d, 4) if d else None
 
@@ -80,8 +100,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("graph", type=Path)
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--curve", type=Path, help="write recall and precision at each minimum confidence (CSV)")
     args = ap.parse_args()
-    result = check(json.loads(args.graph.read_text(encoding="utf-8")), listed_relations())
+    graph = json.loads(args.graph.read_text(encoding="utf-8"))
+    result = check(graph, listed_relations())
     for f in result["relations"]:
         print(f"{'✓' if f['recovered'] else '·'} {f['pair']}")
     for j in result["judged"]:
@@ -93,6 +115,15 @@ def main() -> None:
           f"({result['precision']})")
     if args.json:
         args.json.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    if args.curve:
+        points = curve(graph, listed_relations())
+        for pt in points:
+            print(f"min confidence {pt['min_confidence']:.2f}: {pt['edges']} edges, recall {pt['recall']}, "
+                  f"precision {pt['precision']} ({pt['correct_edges']} of {pt['judged_edges']})")
+        with args.curve.open("w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(points[0]))
+            w.writeheader()
+            w.writerows(points)
 
 
 if __name__ == "__main__":

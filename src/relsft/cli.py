@@ -88,6 +88,9 @@ def add_extract_book_args(p):
     p.add_argument("--out", default="book-graph", help="writes graph.json, graph.graphml, relations.csv")
     p.add_argument("--cache", help="answer cache, resumes a killed run (default: OUT/cache.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="drop answer lines the model gave a probability below P (0-1; default 0: keep all; "
+                        "examples/hongloumeng/check.py --thresholds shows what each P buys)")
 
 
 def cmd_ui(args, params):

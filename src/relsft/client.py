@@ -26,6 +26,7 @@ only when a client is made.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -62,10 +63,11 @@ class Endpoint:
         return cls(base_url=self.url, api_key=self.api_key or os.environ.get(API_KEY_ENV) or "none",
                    timeout=self.timeout, max_retries=self.retries, **options)
 
-    def request(self, text: str, stream: bool = False) -> dict[str, Any]:
-        """The chat-completions arguments that ask for `text`'s relations."""
+    def request(self, text: str, stream: bool = False, logprobs: bool = False) -> dict[str, Any]:
+        """The chat-completions arguments that ask for `text`'s relations (with `logprobs`: and the
+        log-probability of every answer token, for `line_confidences`)."""
         return {"model": self.model, "messages": user_messages(text), "temperature": 0,
-                "max_tokens": self.max_tokens, "stream": stream}
+                "max_tokens": self.max_tokens, "stream": stream, **({"logprobs": True} if logprobs else {})}
 
 
 def interactive(endpoint: Endpoint) -> Endpoint:
@@ -96,23 +98,54 @@ async def served_model_id(client, name: str) -> str:
     return served_id((await client.with_options(max_retries=0).models.list()).data, name)
 
 
+def line_confidences(answer: str, tokens: list[tuple[str, float]]) -> dict[str, float]:
+    """How sure the model was of each line of its answer: the probability it gave the line's tokens
+    (their log-probabilities summed), keyed by the stripped line.
+
+    `tokens` are the answer's (text, logprob) as the OpenAI API's `logprobs` returns them. A token of
+    line breaks counts toward the line after it (the choice to write another relation rather than
+    stop), so the first token of the first line carries the choice to answer at all. Lines are
+    counted by their breaks, never by character offsets: a token that is part of a character decodes
+    to U+FFFD on the server. A last token the answer does not end with (the end-of-turn token) is left out.
+    """
+    if tokens and tokens[-1][0] and not answer.endswith(tokens[-1][0]):
+        tokens = tokens[:-1]
+    logprob: dict[int, float] = {}
+    line = 0
+    for text, lp in tokens:
+        body = text.lstrip("\n")
+        line += text.count("\n") - body.count("\n")  # leading breaks: this token opens the next line
+        logprob[line] = logprob.get(line, 0.0) + lp
+        line += body.count("\n")
+    out: dict[str, float] = {}
+    for i, text in enumerate(answer.split("\n")):
+        if text.strip() and i in logprob:
+            out[text.strip()] = max(out.get(text.strip(), 0.0), round(math.exp(logprob[i]), 6))
+    return out
+
+
 @dataclass(frozen=True)
 class Extraction:
     answer: str
     relations: list[Relation]
     bad_lines: list[str]
     finish_reason: str | None
+    confidence: dict[str, float] | None = None  # line -> probability (line_confidences), if logprobs were asked
 
     @classmethod
-    def from_answer(cls, answer: str, finish_reason: str | None) -> "Extraction":
+    def from_answer(cls, answer: str, finish_reason: str | None,
+                    confidence: dict[str, float] | None = None) -> "Extraction":
         parsed = parse_output(answer)
-        return cls(answer, parsed.relations, parsed.bad_lines, finish_reason)
+        return cls(answer, parsed.relations, parsed.bad_lines, finish_reason, confidence)
 
     @classmethod
     def of(cls, response) -> "Extraction":
-        """A (not streamed) chat completion's answer, parsed."""
+        """A (not streamed) chat completion's answer, parsed, with its lines' confidences if it has logprobs."""
         choice = response.choices[0]
-        return cls.from_answer(choice.message.content or "", choice.finish_reason)
+        answer = choice.message.content or ""
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+        confidence = None if content is None else line_confidences(answer, [(t.token, t.logprob) for t in content])
+        return cls.from_answer(answer, choice.finish_reason, confidence)
 
 
 class Streamed:

@@ -112,8 +112,12 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
     # Every answer line lands in edges, unparsed or rejected (the tiny model's names are mostly not
     # in the passage): equal lists there are equal answers, line for line.
     assert expected_graph["edges"] or expected_graph["rejected"], "the taught model gave no relation line at all"
-    for key in ("edges", "nodes", "conflicts", "unparsed", "rejected"):
+    for key in ("nodes", "conflicts", "unparsed", "rejected"):
         assert graph[key] == expected_graph[key], key
+    assert without_confidence(graph["edges"]) == without_confidence(expected_graph["edges"])
+    # The server's token log-probabilities: every edge and piece of evidence carries a probability.
+    sure = [e["confidence"] for e in graph["edges"]]
+    assert all(0 < c <= 1 for c in sure) and all(0 < ev["confidence"] <= 1 for e in graph["edges"] for ev in e["evidence"])
     assert requested(proc.stderr) == (0, distinct_passages(book_dir))
     g = nx.read_graphml(out / "graph.graphml")
     assert g.number_of_edges() == len(graph["edges"]) and g.number_of_nodes() == len(graph["nodes"])
@@ -123,6 +127,21 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
     again = cli(extract_book_cmd(book_server, book_dir, out), pipeline_project)
     assert requested(again.stderr)[1] == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    if sure:  # --min-confidence keeps exactly the edges stated once with at least that probability
+        cut = sorted(sure)[len(sure) // 2]
+        strict = cli(extract_book_cmd(book_server, book_dir, tmp_path / "cut", "--cache", str(out / "cache.jsonl"),
+                                      "--min-confidence", str(cut)), pipeline_project)
+        assert requested(strict.stderr)[1] == 0
+        kept = json.loads((tmp_path / "cut" / "graph.json").read_text(encoding="utf-8"))
+        # (dropping lines may merge or split names, so the edges are compared by their confidence only)
+        assert kept["edges"] and all(e["confidence"] >= cut for e in kept["edges"])
+        assert len(kept["edges"]) <= sum(c >= cut for c in sure)
+        assert any(r["reason"].startswith("confidence ") for r in kept["rejected"]) == (min(sure) < cut)
+
+
+def without_confidence(edges: list[dict]) -> list[dict]:
+    return [{**{k: v for k, v in e.items() if k != "confidence"},
+             "evidence": [{k: v for k, v in ev.items() if k != "confidence"} for ev in e["evidence"]]} for e in edges]
 
 
 def test_killed_run_resumes_with_only_the_missing_passages(book_server, book_dir, tmp_path):

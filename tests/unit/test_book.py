@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 import subprocess
 import random
 import sys
@@ -132,7 +133,8 @@ def test_symmetric_pairs_merge_and_duplicates_count_once():
     assert [ev["passage"] for ev in friends["evidence"]] == [0, 1]  # a line repeated in one answer: once
     ev = friends["evidence"][0]
     assert ev == {"chapter": "c1", "chapter_index": 0, "passage": 0, "sentences": [book[0].first, book[0].last],
-                  "chars": [book[0].start, book[0].end], "text": book[0].text, "lines": ["韩立-紫灵:好友"]}
+                  "chars": [book[0].start, book[0].end], "text": book[0].text, "lines": ["韩立-紫灵:好友"],
+                  "confidence": None}  # answers without logprobs: confidence unknown
     assert friends["evidence"][1]["lines"] == ["紫灵-韩立:好友"]  # as the model wrote it
     assert edge(graph, "韩立", "紫灵", "师徒")["symmetric"] is False  # direction kept
 
@@ -333,7 +335,7 @@ class FakeServer:
             return httpx.Response(200, json={"object": "list", "data": [
                 {"id": "relsft", "object": "model", "created": 0, "owned_by": "vllm", "root": "/models/tiny"}]})
         body = json.loads(request.content)
-        assert body["temperature"] == 0 and body["max_tokens"] == 32 and not body["stream"]
+        assert body["temperature"] == 0 and body["max_tokens"] == 32 and not body["stream"] and body["logprobs"]
         text = body["messages"][0]["content"]
         self.requests.append(text)
         if self.fail:  # the client's policy honours a server's retry-after: these tests need not wait
@@ -343,7 +345,9 @@ class FakeServer:
         return httpx.Response(200, json={
             "id": "x", "object": "chat.completion", "created": 0, "model": "relsft",
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": f"{name}-林清:好友"}}]})
+                         "message": {"role": "assistant", "content": f"{name}-林清:好友"},
+                         "logprobs": {"content": [{"token": f"{name}-林清:好友", "logprob": -0.1, "bytes": None,
+                                                   "top_logprobs": []}]}}]})
 
     def client(self):
         """ENDPOINT's client (key, timeout, retries), talking to this object instead of a network."""
@@ -392,6 +396,8 @@ def test_cache_resumes_and_survives_a_torn_line(tmp_path):
     lines = cache_path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 7 and lines[3] == '{"key": "torn'
     assert run_answers(FakeServer(), book, cache_path)[1].requested == 0
+    # each answer's lines are cached with the probability the model gave them
+    assert AnswerCache(cache_path).confidences[json.loads(lines[0])["key"]] == {"第0-林清:好友": 0.904837}
     # another model behind the same name, or another answer length, is asked afresh
     key = AnswerCache.key("relsft", "/models/tiny", 32, book[0])
     assert key not in (AnswerCache.key("relsft", "/models/other", 32, book[0]),
@@ -473,12 +479,45 @@ def test_hongloumeng_checker_cli(tmp_path):
     chapters = [Chapter("第二回", "林如海之女黛玉。雨村教黛玉，林如海谢他。")]
     _, book = passages(chapters, max_chars=12, overlap=0)
     assert len(book) == 2
-    graph = grounded_graph(chapters, book, ["林如海-黛玉:父女", "黛玉-雨村:徒弟\n雨村-林如海:好友"], VOCABULARY)
+    sure = [{"林如海-黛玉:父女": 0.97}, {"黛玉-雨村:徒弟": 0.8, "雨村-林如海:好友": 0.4}]
+    graph = grounded_graph(chapters, book, ["林如海-黛玉:父女", "黛玉-雨村:徒弟\n雨村-林如海:好友"], VOCABULARY,
+                           confidences=sure)
     write_outputs(graph, tmp_path)
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "hongloumeng" / "check.py"),
-                           str(tmp_path / "graph.json"), "--json", str(tmp_path / "check.json")],
-                          capture_output=True, text=True, timeout=60)
+                           str(tmp_path / "graph.json"), "--json", str(tmp_path / "check.json"),
+                           "--curve", str(tmp_path / "curve.csv")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "✗ 林如海-雨村:好友 (between listed characters, not listed)" in proc.stdout
-    assert proc.stdout.splitlines()[-1].endswith("precision 2 of 3 edges between listed characters (0.6667)")
+    assert "precision 2 of 3 edges between listed characters (0.6667)" in proc.stdout
     assert json.loads((tmp_path / "check.json").read_text(encoding="utf-8"))["recovered"] == 2
+    # the unlisted 好友 edge (0.4) goes at 0.5, the 师徒 one (0.8) at 0.9: precision rises, recall falls
+    points = {float(r["min_confidence"]): r for r in csv.DictReader((tmp_path / "curve.csv").open(encoding="utf-8"))}
+    assert [points[t]["precision"] for t in (0.0, 0.5, 0.9)] == ["0.6667", "1.0", "1.0"]
+    assert [points[t]["edges"] for t in (0.0, 0.5, 0.9, 0.99)] == ["3", "2", "1", "0"]
+    assert points[0.9]["recovered"] == "1" and points[0.99]["precision"] == ""
+
+
+# --- confidence: the served model's own token log-probabilities --------------------------------
+
+def test_a_line_is_as_sure_as_its_tokens_and_the_break_before_it():
+    from relsft.client import line_confidences
+
+    tokens = [("韩", -0.1), ("立", 0.0), ("-紫灵", -0.2), (":", 0.0), ("师徒", -0.1), ("\n", -0.7),
+              ("萧", -0.05), ("\ufffd", -0.05), ("-林清:好友", 0.0), ("<|im_end|>", -0.01)]
+    got = line_confidences("韩立-紫灵:师徒\n萧炎-林清:好友", tokens)
+    assert got == {"韩立-紫灵:师徒": round(math.exp(-0.4), 6), "萧炎-林清:好友": round(math.exp(-0.8), 6)}
+    assert line_confidences("", [("", -0.2)]) == {}  # an empty answer states nothing
+
+
+def test_min_confidence_drops_unsure_lines_and_edges_keep_their_surest_statement():
+    chapters = [Chapter("c1", "韩立与紫灵是师徒关系。紫灵是韩立的好友。李四来了。")]
+    _, book = passages(chapters, max_chars=12, overlap=0)
+    answers = ["韩立-紫灵:师徒", "紫灵-韩立:好友"] + [""] * (len(book) - 2)
+    sure = [{"韩立-紫灵:师徒": 0.9}, {"紫灵-韩立:好友": 0.3}] + [{}] * (len(book) - 2)
+    graph = grounded_graph(chapters, book, answers, VOCABULARY, confidences=sure, min_confidence=0.5)
+    assert [(e["relation"], e["confidence"]) for e in graph["edges"]] == [("师徒", 0.9)]
+    assert [r["reason"] for r in graph["rejected"]] == ["confidence 0.300 below 0.5"]
+    everything = grounded_graph(chapters, book, answers, VOCABULARY, confidences=sure)
+    assert sorted(e["confidence"] for e in everything["edges"]) == [0.3, 0.9]
+    unknown = grounded_graph(chapters, book, answers, VOCABULARY, min_confidence=0.5)  # no logprobs: kept
+    assert len(unknown["edges"]) == 2 and all(e["confidence"] is None for e in unknown["edges"])

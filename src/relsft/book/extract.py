@@ -4,7 +4,8 @@ Requests, key, timeout and retries are `relsft.client`'s (`Endpoint`: the evalua
 max_tokens = evaluate.max_new_tokens; transient failures retried, any other 4xx stops the run),
 through `openai.AsyncOpenAI`, at most `concurrency` in flight (the server batches them).
 
-Every answer is appended to a JSONL cache and flushed as it arrives, keyed by sha256 of the
+Every answer is asked with its token log-probabilities and appended, with its lines' confidences
+(`client.line_confidences`), to a JSONL cache, flushed as it arrives, keyed by sha256 of the
 requested model name, the id of what the server serves under it (`/v1/models` root: its model
 path), max_tokens and the passage text. A rerun asks only for what the cache lacks, so a killed run
 loses at most the passages that were in flight, and the same text on the same model gives the same
@@ -35,11 +36,13 @@ class AnswerCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.answers: dict[str, str] = {}
+        self.confidences: dict[str, dict[str, float] | None] = {}  # None: a record from before confidences
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     rec = json.loads(line)
                     self.answers[rec["key"]] = rec["answer"]
+                    self.confidences[rec["key"]] = rec.get("confidence")
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
         self.loaded = len(self.answers)
@@ -49,17 +52,23 @@ class AnswerCache:
     def key(model: str, served_id: str, max_tokens: int, text: str) -> str:
         return hashlib.sha256(json.dumps([model, served_id, max_tokens, text], ensure_ascii=False).encode()).hexdigest()
 
-    def put(self, key: str, answer: str, finish_reason: str | None) -> None:
+    @classmethod
+    def keys(cls, endpoint: Endpoint, served_id: str, texts: list[str]) -> list[str]:
+        return [cls.key(endpoint.model, served_id, endpoint.max_tokens, t) for t in texts]
+
+    def put(self, key: str, answer: str, finish_reason: str | None,
+            confidence: dict[str, float] | None = None) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             torn = self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
             self._file = self.path.open("a", encoding="utf-8")
             if torn:  # a run killed mid-write: start on a line of our own
                 self._file.write("\n")
-        record = {"key": key, "answer": answer, "finish_reason": finish_reason}
+        record = {"key": key, "answer": answer, "finish_reason": finish_reason, "confidence": confidence}
         self._file.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
         self._file.flush()
         self.answers[key] = answer
+        self.confidences[key] = confidence
 
     def close(self) -> None:
         if self._file is not None:
@@ -99,7 +108,7 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
             served = await served_model_id(client, endpoint.model)
         except openai.APIError as e:  # no server, wrong key, ...: a message, not a traceback
             raise RuntimeError(f"{endpoint.url}: {e}") from e
-        keys = [AnswerCache.key(endpoint.model, served, endpoint.max_tokens, t) for t in texts]
+        keys = AnswerCache.keys(endpoint, served, texts)
         todo = {k: t for k, t in zip(keys, texts) if k not in cache.answers}
         stats = Stats(len(texts), len(set(keys)), len(set(keys)) - len(todo))
         if on_answer:
@@ -113,12 +122,13 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
         async def one(key: str, text: str) -> None:
             async with semaphore:
                 try:
-                    result = Extraction.of(await client.chat.completions.create(**endpoint.request(text)))
+                    result = Extraction.of(await client.chat.completions.create(
+                        **endpoint.request(text, logprobs=True)))
                 except openai.APIError as e:
                     hint = " (a passage too long for the model? lower --max-chars)" if getattr(
                         e, "status_code", None) == 400 else ""
                     raise RuntimeError(f"{endpoint.url}: passage {text[:30]!r}...: {e}{hint}") from e
-            cache.put(key, result.answer, result.finish_reason)
+            cache.put(key, result.answer, result.finish_reason, result.confidence)
             stats.requested += 1
             if on_answer:
                 on_answer(text, result.answer)
@@ -143,32 +153,38 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
 
 def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | Path,
                  relations: dict[str, RelationType], max_chars: int, overlap: int, concurrency: int = 8,
-                 progress: bool = True, aliases: AliasFile | None = None) -> tuple[dict[str, Any], Stats]:
+                 progress: bool = True, aliases: AliasFile | None = None,
+                 min_confidence: float = 0.0) -> tuple[dict[str, Any], Stats]:
     _, book = passages(chapters, max_chars, overlap)
+    texts = [p.text for p in book]
     cache = AnswerCache(cache_path)
     try:
-        answers, stats, served = asyncio.run(answer_all([p.text for p in book], endpoint, cache, concurrency,
-                                                        progress))
+        answers, stats, served = asyncio.run(answer_all(texts, endpoint, cache, concurrency, progress))
     finally:
         cache.close()
-    return book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap, aliases), stats
+    confidences = [cache.confidences.get(k) for k in AnswerCache.keys(endpoint, served, texts)]
+    graph = book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap, aliases,
+                       confidences, min_confidence)
+    return graph, stats
 
 
 def book_graph(chapters: list[Chapter], book: list[Passage], answers: list[str], relations: dict[str, RelationType],
-               endpoint: Endpoint, served: str, max_chars: int, overlap: int,
-               aliases: AliasFile | None = None) -> dict[str, Any]:
+               endpoint: Endpoint, served: str, max_chars: int, overlap: int, aliases: AliasFile | None = None,
+               confidences: list[dict[str, float] | None] | None = None, min_confidence: float = 0.0) -> dict[str, Any]:
     """The graph written to graph.json: the grounded graph and the settings it was made with."""
-    graph = grounded_graph(chapters, book, answers, relations, aliases)
+    graph = grounded_graph(chapters, book, answers, relations, aliases, confidences, min_confidence)
     graph["settings"] = {"model": endpoint.model, "served_model": served, "max_tokens": endpoint.max_tokens,
-                         "max_chars": max_chars, "overlap": overlap}
+                         "max_chars": max_chars, "overlap": overlap, "min_confidence": min_confidence}
     return graph
 
 
 def grounded_graph(chapters: list[Chapter], book: list[Passage], answers: list[str],
-                   relations: dict[str, RelationType], aliases: AliasFile | None = None) -> dict[str, Any]:
+                   relations: dict[str, RelationType], aliases: AliasFile | None = None,
+                   confidences: list[dict[str, float] | None] | None = None,
+                   min_confidence: float = 0.0) -> dict[str, Any]:
     """The graph of the answers' grounded relations, with what was rejected and why."""
-    kept, rejected = grounded(book, answers, relations)
-    graph = build_graph(chapters, book, kept, relations, aliases)
+    kept, rejected = grounded(book, answers, relations, confidences, min_confidence)
+    graph = build_graph(chapters, book, kept, relations, aliases, confidences)
     graph["rejected"] = sorted(rejected + graph["rejected"], key=lambda r: r["passage"])
     return graph
 
@@ -185,7 +201,8 @@ def run_cli(args, params: dict[str, Any]) -> None:
     out = Path(args.out)
     relations, aliases = book_inputs(args)
     graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl", relations,
-                                args.max_chars, args.overlap, args.concurrency, not args.no_progress, aliases)
+                                args.max_chars, args.overlap, args.concurrency, not args.no_progress, aliases,
+                                args.min_confidence)
     print(f"extract-book: {stats.line()}", file=sys.stderr, flush=True)
     paths = write_outputs(graph, out)
     print(f"extract-book: {len(graph['nodes'])} characters ({len(graph['merges'])} merges of names, "

@@ -61,19 +61,24 @@ def evidence(passage: Passage, chapters: list[Chapter], lines: list[str]) -> dic
             "lines": lines}
 
 
-def grounded(passages: list[Passage], answers: list[str],
-             vocabulary: set[str] | dict[str, RelationType]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Each answer with only the relations its passage supports (unparsed lines are kept, for
+def grounded(passages: list[Passage], answers: list[str], vocabulary: set[str] | dict[str, RelationType],
+             confidences: list[dict[str, float] | None] | None = None,
+             min_confidence: float = 0.0) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each answer with only the relations its passage supports and the model was at least
+    `min_confidence` sure of (a line of unknown confidence is kept; unparsed lines are kept, for
     `unparsed`), and the dropped lines with their reason."""
     kept, rejected = [], []
-    for p, answer in zip(passages, answers):
+    for i, (p, answer) in enumerate(zip(passages, answers)):
+        sure = (confidences[i] if confidences else None) or {}
         lines = []
         for line in answer.strip().splitlines():
             r = parse_line(line)
             reason = None if r is None else (
                 "the same name twice" if r.a == r.b else
                 "a name not in the passage" if r.a not in p.text or r.b not in p.text else
-                "a relation not in relations.tsv" if r.rel not in vocabulary else None)
+                "a relation not in relations.tsv" if r.rel not in vocabulary else
+                f"confidence {sure[line.strip()]:.3f} below {min_confidence}"
+                if sure.get(line.strip(), 1.0) < min_confidence else None)
             if reason:
                 rejected.append({"passage": p.index, "line": line.strip(), "reason": reason})
             else:
@@ -89,10 +94,14 @@ def mentions(names: list[str], chapters: list[Chapter]) -> int:
 
 
 def build_graph(chapters: list[Chapter], passages: list[Passage], answers: list[str],
-                relations: dict[str, RelationType], aliases: AliasFile | None = None) -> dict[str, Any]:
-    """answers[i] is the model's answer to passages[i]; a label outside `relations` is a bond of its own."""
+                relations: dict[str, RelationType], aliases: AliasFile | None = None,
+                confidences: list[dict[str, float] | None] | None = None) -> dict[str, Any]:
+    """answers[i] is the model's answer to passages[i], confidences[i] its lines' (line_confidences);
+    a label outside `relations` is a bond of its own."""
     by_index = {p.index: p for p in passages}
     parsed = [(p, parse_output(answer)) for p, answer in zip(passages, answers)]
+    sure = {p.index: {(r.line() if (r := parse_line(line)) else line): v for line, v in c.items()}
+            for p, c in zip(passages, confidences or []) if c is not None}  # by the lines' written form
     people = resolve({n for _, a in parsed for r in a.relations for n in (r.a, r.b)}, aliases)
     edges: dict[EdgeKey, dict[int, list[str]]] = defaultdict(dict)  # passage -> the answer lines stating it
     labels: dict[EdgeKey, set[str]] = defaultdict(set)
@@ -118,10 +127,20 @@ def build_graph(chapters: list[Chapter], passages: list[Passage], answers: list[
         by_pair[key.pair()].append(key)
     conflicting = {pair: keys for pair, keys in by_pair.items() if len(keys) > 1}
 
-    edge_rows = [{"source": k.source, "target": k.target, "relation": k.relation, "labels": sorted(labels[k]),
-                  "symmetric": k.symmetric, "conflict": k.pair() in conflicting,
-                  "evidence": [evidence(by_index[i], chapters, sorted(lines)) for i, lines in sorted(edges[k].items())]}
-                 for k in sorted(edges)]
+    def confidence(passage: int, lines: list[str]) -> float | None:
+        known = [sure[passage][line] for line in lines if line in sure.get(passage, {})]
+        return max(known) if known else None
+
+    edge_rows = []
+    for k in sorted(edges):
+        proofs = [{**evidence(by_index[i], chapters, sorted(lines)), "confidence": confidence(i, lines)}
+                  for i, lines in sorted(edges[k].items())]
+        known = [e["confidence"] for e in proofs if e["confidence"] is not None]
+        edge_rows.append({"source": k.source, "target": k.target, "relation": k.relation,
+                          "labels": sorted(labels[k]), "symmetric": k.symmetric, "conflict": k.pair() in conflicting,
+                          # the surest statement of it: a bond stated once with conviction is not made doubtful
+                          # by a second, hesitant passage
+                          "confidence": max(known) if known else None, "evidence": proofs})
     conflicts = [{"pair": list(pair), "reason": "one bond both ways" if len({k.relation for k in keys}) < len(keys)
                   else "several bonds",
                   "edges": [{"source": k.source, "target": k.target, "relation": k.relation} for k in keys]}
