@@ -146,8 +146,8 @@ def main() -> None:
               f"{r['passages_per_s']:7.2f} {r['ratio']:5.2f}x {m['e2e_s']:>6s} {m['queue_s']:>6s} "
               f"{m['prefill_s']:>7s} {m['decode_s']:>6s} {m['http_and_client_s']:>7s}"
               + (f" {r.get('book_hours', 0):6.1f}" if args.book_passages else "") + note)
-    for dtype in args.dtypes:
-        digests = {r["graph_sha256"] for r in rows if r["dtype"] == (dtype or settings.dtype) and not r["cut_short"]}
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):  # as served ('' in --dtypes: the model's own)
+        digests = {r["graph_sha256"] for r in rows if r["dtype"] == dtype and not r["cut_short"]}
         # float32 greedy answers do not depend on what else the server batched; bf16's may (rounding).
         if digests:
             print(f"graphs in {dtype}: {'identical' if len(digests) == 1 else 'DIFFERENT'} across the finished arms")

@@ -33,7 +33,8 @@ def score_point(model_dir: str, adapter: str | None, splits: list[str], params_p
     """One point: the base (adapter None) or base + adapter merged, scored on `splits`."""
     params = load_params(params_path)
     cfg = evaluate_settings(params["evaluate"], params["format"]["max_length"])
-    datasets, data = stage_paths("evaluate")["datasets"], stage_paths("evaluate")["data"]
+    paths = stage_paths("evaluate")
+    datasets, data = paths["datasets"], paths["data"]
     examples = {s: load_split(datasets, s, cfg["max_examples"], data) for s in splits}
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         if adapter:

@@ -102,8 +102,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--curve", type=Path, help="write recall and precision at each minimum confidence (CSV)")
     args = ap.parse_args()
-    graph = json.loads(args.graph.read_text(encoding="utf-8"))
-    result = check(graph, listed_relations())
+    graph, rows = json.loads(args.graph.read_text(encoding="utf-8")), listed_relations()
+    result = check(graph, rows)
     for f in result["relations"]:
         print(f"{'✓' if f['recovered'] else '·'} {f['pair']}")
     for j in result["judged"]:
@@ -116,7 +116,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     if args.curve:
-        points = curve(graph, listed_relations())
+        points = curve(graph, rows)
         for pt in points:
             print(f"min confidence {pt['min_confidence']:.2f}: {pt['edges']} edges, recall {pt['recall']}, "
                   f"precision {pt['precision']} ({pt['correct_edges']} of {pt['judged_edges']})")

@@ -90,7 +90,7 @@ def add_extract_book_args(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="drop answer lines the model gave a probability below P (0-1; default 0: keep all; "
-                        "examples/hongloumeng/check.py --thresholds shows what each P buys)")
+                        "examples/hongloumeng/check.py --curve shows what each P buys)")
 
 
 def cmd_ui(args, params):
