@@ -12,7 +12,8 @@ the same LoRA config, batch size and learning rate, for the same number of steps
 - trl-cpu: the train stage's recipe with TRL's own CPU loss path, which scores every position
            (the stage scores only the answer positions, as TRL does on CUDA);
 - fp32, bf16: the train stage's recipe with `train.precision` set to fp32 or bf16 (autocast; on
-           a CPU, fast only where it has native bf16: AVX512_BF16 or AMX).
+           a CPU, fast only where it has native bf16: AVX512_BF16 or AMX), the base in float32;
+- bf16-base: bf16 autocast over a base held in bfloat16 (`train.base_dtype: bfloat16`).
 
 Throughput counts examples and real (non-padding) tokens per second of training time; the ratios
 are relsft / each other arm. Run `dvc repro format` first (or the whole pipeline).
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from relsft.params import load_params  # noqa: E402
 from relsft.train import build_trainer, mixed_precision, score_only_completion_tokens_on_cpu  # noqa: E402
 
-ARMS = ("naive", "trl-cpu", "fp32", "bf16", "relsft")
+ARMS = ("naive", "trl-cpu", "fp32", "bf16", "bf16-base", "relsft")
 
 
 class TokenCounter:
@@ -65,8 +66,8 @@ class StepTimer(TrainerCallback):
 def measure(cfg, steps: int, warmup: int, arm: str, base: Path, formatted: Path) -> dict:
     overrides = dict(max_steps=steps, eval_strategy="no", save_strategy="no", logging_steps=10_000,
                      disable_tqdm=True)
-    if arm in ("fp32", "bf16"):
-        cfg = dict(cfg, precision=arm)
+    if arm in ("fp32", "bf16", "bf16-base"):
+        cfg = dict(cfg, precision=arm[:4], base_dtype="bfloat16" if arm == "bf16-base" else "float32")
     if arm == "naive":
         overrides.update(completion_only_loss=False, train_sampling_strategy="random",
                          pad_to_multiple_of=cfg["max_length"])
@@ -81,7 +82,8 @@ def measure(cfg, steps: int, warmup: int, arm: str, base: Path, formatted: Path)
         trainer.train()
     examples = (steps - warmup) * cfg["sft"]["per_device_train_batch_size"] * cfg["sft"].get("gradient_accumulation_steps", 1)
     return {"seconds": round(timer.seconds, 2), "examples_per_s": round(examples / timer.seconds, 3),
-            "real_tokens_per_s": round(timer.timed_tokens / timer.seconds, 1), "precision": mixed_precision(cfg["precision"])[1]}
+            "real_tokens_per_s": round(timer.timed_tokens / timer.seconds, 1),
+            "precision": f"{mixed_precision(cfg['precision'])[1]}, base {cfg.get('base_dtype', 'float32')}"}
 
 
 def main() -> None:
@@ -111,6 +113,9 @@ def main() -> None:
     if "fp32" in results and "bf16" in results:
         results["bf16_over_fp32"] = round(results["bf16"]["examples_per_s"] / results["fp32"]["examples_per_s"], 2)
         print(f"bf16 / fp32: {results['bf16_over_fp32']}x")
+    if "bf16" in results and "bf16-base" in results:
+        results["bf16_base_over_bf16"] = round(results["bf16-base"]["examples_per_s"] / results["bf16"]["examples_per_s"], 2)
+        print(f"bf16 over a bf16 base / bf16 over a float32 base: {results['bf16_base_over_bf16']}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -47,6 +47,30 @@ def test_loss_is_on_the_answer_and_its_end_of_turn_only(workdir, tiny_params):
     assert (labels == -100).sum() == len(tok(first["prompt"], add_special_tokens=False)["input_ids"])
 
 
+def test_a_bf16_base_trains_float32_adapters_to_the_same_loss(workdir, tiny_params):
+    """train.base_dtype: bfloat16 holds the frozen base in bf16 under bf16 autocast; the adapters the
+    optimizer steps stay float32, and the loss is autocast's over a float32 base within bf16's rounding."""
+    import torch
+
+    from relsft.train import build_trainer
+
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], precision="bf16",
+                   base_dtype=dtype)
+        trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / f"ckpt-{dtype}")
+        frozen = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
+        trained = [p for p in trainer.model.parameters() if p.requires_grad]
+        assert frozen == {getattr(torch, dtype)} and trained and {p.dtype for p in trained} == {torch.float32}
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+        with trainer.autocast_smart_context_manager():
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
+        losses[dtype] = loss.item()
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02), losses
+
+
 def test_scoring_only_the_answer_positions_leaves_loss_and_gradients_unchanged(workdir, tiny_params):
     """The train stage makes TRL's fused LM head skip the prompt positions on CPU (train.py): a pure
     speed-up, so the loss and every LoRA gradient must equal those of TRL's all-position path."""

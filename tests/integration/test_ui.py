@@ -13,6 +13,7 @@ RELSFT_UI_SCREENSHOT=path saves a screenshot of the page with its graph (the REA
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -201,7 +202,14 @@ def test_an_uploaded_chapter_grows_the_graph_and_an_edge_shows_its_evidence(ui, 
     # The downloads are the graph's files.
     link = page.get_attribute("#download-json", "href")
     graph = json.loads(urllib.request.urlopen(ui.base + link, timeout=10).read())
-    assert graph.pop("settings")["max_chars"] == STORY_MAX_CHARS and graph == expected
+    assert graph.pop("settings")["max_chars"] == STORY_MAX_CHARS
+    # ... with the confidences of the served answers' lines, which the in-process answers have not.
+    confidences = [e.pop("confidence") for e in graph["edges"]]
+    assert all(0 < c <= 1 for c in confidences) and all(
+        0 < ev.pop("confidence") <= 1 for e in graph["edges"] for ev in e["evidence"]), graph["edges"]
+    assert graph == {**expected, "edges": [{k: v for k, v in e.items() if k != "confidence"} | {
+        "evidence": [{k: v for k, v in ev.items() if k != "confidence"} for ev in e["evidence"]]}
+        for e in expected["edges"]]}
     graphml = ui.base + page.get_attribute("#download-graphml", "href")
     g = nx.read_graphml(urllib.request.urlopen(graphml, timeout=10))
     assert g.number_of_nodes() == len(expected["nodes"]) and g.number_of_edges() == len(expected["edges"])
@@ -217,12 +225,27 @@ def test_an_uploaded_chapter_grows_the_graph_and_an_edge_shows_its_evidence(ui, 
     page.wait_for_selector("#evidence li.passage")
     shown = page.locator("#evidence li.passage").all_inner_texts()
     assert len(shown) == len(edge["evidence"])
-    for text, ev in zip(shown, edge["evidence"]):
+    drawn_edge = next(e for e in json.loads(urllib.request.urlopen(ui.base + link, timeout=10).read())["edges"]
+                      if (e["source"], e["target"], e["relation"]) == (edge["source"], edge["target"], edge["relation"]))
+    for text, ev in zip(shown, drawn_edge["evidence"]):
         assert text.startswith(ev["text"]) and f"passage {ev['passage']}" in text
+        assert f"confidence {ev['confidence']:.2f}" in text
+    assert page.inner_text("#evidence p").endswith(f"confidence {drawn_edge['confidence']:.2f}")
     names = {n["id"]: n["names"] for n in expected["nodes"]}
     marked = {n for end in (edge["source"], edge["target"]) for n in names[end]
               if any(n in ev["text"] for ev in edge["evidence"])}  # a merged end: the names the text uses
     assert set(page.locator("#evidence mark").all_inner_texts()) == marked and len(marked) >= 2
+
+    # The slider hides exactly the relations below its confidence, and shows them again.
+    threshold = min(1.0, (math.floor(min(confidences) * 20) + 1) / 20)  # the slider's step above the least sure
+    unsure = sum(c < threshold for c in confidences)
+    assert unsure >= 1 or min(confidences) == 1.0, confidences
+    slide = "(v) => { const s = document.querySelector('#min-confidence'); s.value = v; s.dispatchEvent(new Event('input')); }"
+    page.evaluate(slide, str(threshold))
+    assert page.evaluate("() => relsftGraph.edges().filter((e) => e.visible()).length") == len(confidences) - unsure
+    assert page.inner_text("#shown") == f"{len(confidences) - unsure} of {len(confidences)} relations shown"
+    page.evaluate(slide, "0")
+    assert page.evaluate("() => relsftGraph.edges().filter((e) => e.visible()).length") == len(confidences)
 
     # Click the merged node: the panel lists its names and why they are one person.
     point = page.evaluate("() => relsftGraph.getElementById('药尘').renderedPosition()")

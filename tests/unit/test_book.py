@@ -406,17 +406,18 @@ def test_cache_resumes_and_survives_a_torn_line(tmp_path):
 
 def test_each_answer_is_reported_once_as_it_is_known(tmp_path):
     """answer_all's on_answer (relsft ui grows its graph with it): cached texts first, then each
-    requested one as it arrives, a repeated text once."""
+    requested one as it arrives, a repeated text once, each with its lines' confidences."""
     cache_path = tmp_path / "cache.jsonl"
     run_answers(FakeServer(), ["张三来了。"], cache_path)
     reported = []
     cache = AnswerCache(cache_path)
     try:
         asyncio.run(answer_all(["李四来了。", "张三来了。", "李四来了。"], ENDPOINT, cache, 1, progress=False,
-                               client=FakeServer().client(), on_answer=lambda t, a: reported.append((t, a))))
+                               client=FakeServer().client(), on_answer=lambda *answered: reported.append(answered)))
     finally:
         cache.close()
-    assert reported == [("张三来了。", "张三-林清:好友"), ("李四来了。", "李四-林清:好友")]
+    assert reported == [("张三来了。", "张三-林清:好友", {"张三-林清:好友": 0.904837}),
+                        ("李四来了。", "李四-林清:好友", {"李四-林清:好友": 0.904837})]
 
 
 def test_cli_outside_a_project_without_a_server_says_so(tmp_path, monkeypatch, capsys):

@@ -31,7 +31,7 @@ def test_every_recipe_builds_its_sft_and_lora_config(recipe, tmp_path):
 
 
 # What the train stage reads of the train section (relsft/train.py); any other key would be ignored.
-TRAIN_KEYS = {"precision", "sft", "lora", "num_threads", "resume", "checkpoint_dir"}
+TRAIN_KEYS = {"precision", "base_dtype", "sft", "lora", "num_threads", "resume", "checkpoint_dir"}
 
 
 @pytest.mark.parametrize("path", ["params.yaml", *(f"recipes/{r}.yaml" for r in RECIPES)])
@@ -65,3 +65,18 @@ def test_precision_names_are_checked():
     assert args["bf16"] is args["fp16"] is False and said.startswith("fp32 on ")
     with pytest.raises(ValueError, match="train.precision must be auto, bf16, fp16 or fp32, not 'float16'"):
         mixed_precision("float16")
+
+
+def test_the_base_is_held_in_bf16_only_when_training_runs_in_bf16():
+    import torch
+
+    from relsft.train import base_dtype
+
+    assert base_dtype({"precision": "fp32"}) == torch.float32  # the default
+    assert base_dtype({"precision": "fp32", "base_dtype": "auto"}) == torch.float32
+    assert base_dtype({"precision": "bf16", "base_dtype": "auto"}) == torch.bfloat16
+    assert base_dtype({"precision": "bf16", "base_dtype": "float32"}) == torch.float32
+    with pytest.raises(ValueError, match="bfloat16 needs bf16 training .* set it to auto or float32"):
+        base_dtype({"precision": "fp32", "base_dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="train.base_dtype must be auto, float32 or bfloat16, not 'fp16'"):
+        base_dtype({"precision": "bf16", "base_dtype": "fp16"})

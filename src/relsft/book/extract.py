@@ -92,10 +92,12 @@ class Stats:
 
 async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, concurrency: int = 8,
                      progress: bool = True, client=None,
-                     on_answer: Callable[[str, str], None] | None = None) -> tuple[list[str], Stats, str]:
+                     on_answer: Callable[[str, str, dict[str, float] | None], None] | None = None
+                     ) -> tuple[list[str], Stats, str]:
     """The answer to every text (cached or asked for), the counts, and the served model's id.
-    `on_answer(text, answer)` is called once per distinct text as its answer is known (`relsft ui`
-    grows its graph with it): the cached ones first, then each as it arrives. `client`: an
+    `on_answer(text, answer, confidences)` is called once per distinct text as its answer is known
+    (`relsft ui` grows its graph with it), with its lines' confidences (None for a cache record from
+    before them): the cached ones first, then each as it arrives. `client`: an
     `openai.AsyncOpenAI` (default: the endpoint's), closed at the end."""
     import openai
     from tqdm import tqdm
@@ -114,7 +116,7 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
         if on_answer:
             for k, t in dict(zip(keys, texts)).items():
                 if k not in todo:
-                    on_answer(t, cache.answers[k])
+                    on_answer(t, cache.answers[k], cache.confidences.get(k))
         bar = tqdm(total=stats.distinct, initial=stats.cached, unit=" passages", desc="extract-book",
                    disable=not progress, file=sys.stderr)
         semaphore = asyncio.Semaphore(concurrency)
@@ -131,7 +133,7 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
             cache.put(key, result.answer, result.finish_reason, result.confidence)
             stats.requested += 1
             if on_answer:
-                on_answer(text, result.answer)
+                on_answer(text, result.answer, result.confidence)
             bar.update()
 
         start = time.perf_counter()

@@ -150,7 +150,7 @@ async def book_events(s: UISettings, cache: AnswerCache, name: str, text: str) -
     chapters = split_chapters(name, text)
     _, book = passages(chapters, s.max_chars, s.overlap)
     run_id = uuid.uuid4().hex[:12]
-    arrived: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+    arrived: asyncio.Queue[tuple[str, str, dict[str, float] | None] | None] = asyncio.Queue()
 
     async def answer_book():
         try:
@@ -162,17 +162,18 @@ async def book_events(s: UISettings, cache: AnswerCache, name: str, text: str) -
     task = asyncio.create_task(answer_book())
     try:
         yield sse("start", {"id": run_id, "passages": len(book), "chapters": [c.name for c in chapters]})
-        answers, sent = {}, {}
+        answers, confidences, sent = {}, {}, {}
         while (item := await arrived.get()) is not None:
-            answers[item[0]] = item[1]
+            text, answers[text], confidences[text] = item
             answered = [p for p in book if p.text in answers]
-            graph = grounded_graph(chapters, answered, [answers[p.text] for p in answered], s.relations, s.aliases)
+            graph = grounded_graph(chapters, answered, [answers[p.text] for p in answered], s.relations, s.aliases,
+                                   [confidences[p.text] for p in answered])
             yield sse("update", {"done": len(answered), "total": len(book), "rejected": len(graph["rejected"]),
                                  "merges": graph["merges"], "kept_apart": graph["kept_apart"],
                                  **changes(graph, sent)})
         all_answers, _, served = await task  # raises what answer_all raised
         graph = book_graph(chapters, book, all_answers, s.relations, s.endpoint, served, s.max_chars, s.overlap,
-                           s.aliases)
+                           s.aliases, [confidences[p.text] for p in book])
         write_outputs(graph, s.work_dir / run_id)
         yield sse("done", {"id": run_id, "files": {f: f"api/book/{run_id}/{f}" for f in OUTPUTS},
                            **{k: len(graph[k]) for k in ("nodes", "edges", "conflicts", "rejected")}})

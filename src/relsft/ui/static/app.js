@@ -152,6 +152,7 @@ const cy = cytoscape({
     { selector: "edge[?conflict]", style: {
       "line-color": "#c62828", "target-arrow-color": "#c62828", "line-style": "dashed", color: "#c62828" } },
     { selector: "edge:selected", style: { "line-color": "#ff8f00", "target-arrow-color": "#ff8f00", width: 4 } },
+    { selector: "edge.unsure", style: { display: "none" } },
   ],
 });
 window.relsftGraph = cy; // the tests read nodes and edges from here
@@ -182,7 +183,18 @@ function upsert(nodes, edges, removed) {
       if (old.nonempty()) old.data(data); else cy.add({ group: "edges", data });
     }
   });
+  filterByConfidence();
   if (nodes.length || edges.length || removed.length) relayout();
+}
+
+// The slider hides the relations below its confidence (one of unknown confidence stays: an answer
+// cached before confidences were kept). Hidden, not removed: sliding back shows them again.
+const confidenceText = (c) => (c === null || c === undefined ? "unknown" : c.toFixed(2));
+function filterByConfidence() {
+  const min = Number($("min-confidence").value);
+  $("min-confidence-value").textContent = min.toFixed(2);
+  cy.edges().forEach((e) => { const c = e.data("confidence"); e.toggleClass("unsure", c !== null && c < min); });
+  $("shown").textContent = `${cy.edges().not(".unsure").length} of ${cy.edges().length} relations shown`;
 }
 
 let layoutTimer = null;
@@ -254,14 +266,15 @@ function showEvidence(edge) {
   const d = edge.data();
   const title = document.createElement("p");
   title.textContent = `${d.source} ${d.symmetric ? "—" : "→"} ${d.target}: ${edgeLabel(d)}` +
-    (d.conflict ? " (⚠ this pair has contradicting labels)" : "");
+    (d.conflict ? " (⚠ this pair has contradicting labels)" : "") + ` · confidence ${confidenceText(d.confidence)}`;
   const names = [...edge.source().data("names"), ...edge.target().data("names")];
   const list = document.createElement("ol");
   for (const ev of d.evidence) {
     const li = document.createElement("li");
     li.className = "passage";
     li.append(marked(ev.text, names));
-    li.append(Object.assign(document.createElement("div"), { className: "where", textContent: ev.lines.join(" ") }));
+    li.append(Object.assign(document.createElement("div"), {
+      className: "where", textContent: `${ev.lines.join(" ")} · confidence ${confidenceText(ev.confidence)}` }));
     li.append(Object.assign(document.createElement("div"), {
       className: "where",
       textContent: `${ev.chapter}, passage ${ev.passage}, characters ${ev.chars[0]}–${ev.chars[1]}` }));
@@ -284,4 +297,5 @@ cy.on("tap", "edge", (ev) => showEvidence(ev.target));
 cy.on("tap", "node", (ev) => showPerson(ev.target));
 $("extract").addEventListener("click", extract);
 $("build").addEventListener("click", build);
+$("min-confidence").addEventListener("input", filterByConfidence);
 checkStatus();
