@@ -91,6 +91,9 @@ def add_extract_book_args(p):
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="drop answer lines the model gave a probability below P (0-1; default 0: keep all; "
                         "examples/hongloumeng/check.py --curve shows what each P buys)")
+    p.add_argument("--min-mentions", type=int, default=1, metavar="N",
+                   help="drop relations naming a person the book names fewer than N times (most one-off "
+                        "'names' are clause fragments; default 1: keep all)")
 
 
 def cmd_ui(args, params):

@@ -97,3 +97,9 @@ def inprocess_graph(model_dir: Path, chapters, max_chars: int, overlap: int, tin
     answers = inprocess_answers(model_dir, [p.text for p in book], tiny_params)
     return grounded_graph(chapters, book, answers, load_relations_or_packaged(data_dir),
                           read_alias_file(aliases) if aliases else None)
+
+
+def without_confidence(edges: list[dict]) -> list[dict]:
+    """Edges as in-process answers give them: served answers carry their lines' confidences, these do not."""
+    return [{**{k: v for k, v in e.items() if k != "confidence"},
+             "evidence": [{k: v for k, v in ev.items() if k != "confidence"} for ev in e["evidence"]]} for e in edges]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from relsft.book.split import passages, read_book
-from taught import TAUGHT_KEY as API_KEY, inprocess_graph
+from taught import TAUGHT_KEY as API_KEY, inprocess_graph, without_confidence
 
 MAX_CHARS = 60
 
@@ -137,11 +137,16 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
         assert kept["edges"] and all(e["confidence"] >= cut for e in kept["edges"])
         assert len(kept["edges"]) <= sum(c >= cut for c in sure)
         assert any(r["reason"].startswith("confidence ") for r in kept["rejected"]) == (min(sure) < cut)
-
-
-def without_confidence(edges: list[dict]) -> list[dict]:
-    return [{**{k: v for k, v in e.items() if k != "confidence"},
-             "evidence": [{k: v for k, v in ev.items() if k != "confidence"} for ev in e["evidence"]]} for e in edges]
+    # --min-mentions keeps only the people the book names at least that often
+    if graph["nodes"]:
+        least = sorted(n["mentions"] for n in graph["nodes"])[len(graph["nodes"]) // 2]
+        cli(extract_book_cmd(book_server, book_dir, tmp_path / "rare", "--cache", str(out / "cache.jsonl"),
+                             "--min-mentions", str(least)), pipeline_project)
+        common = json.loads((tmp_path / "rare" / "graph.json").read_text(encoding="utf-8"))
+        assert common["settings"]["min_mentions"] == least and common["nodes"]
+        assert all(n["mentions"] >= least for n in common["nodes"])
+        assert any(" time(s) in the book, fewer than " in r["reason"] for r in common["rejected"]) == (
+            min(n["mentions"] for n in graph["nodes"]) < least)
 
 
 def test_killed_run_resumes_with_only_the_missing_passages(book_server, book_dir, tmp_path):

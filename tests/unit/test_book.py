@@ -522,3 +522,21 @@ def test_min_confidence_drops_unsure_lines_and_edges_keep_their_surest_statement
     assert sorted(e["confidence"] for e in everything["edges"]) == [0.3, 0.9]
     unknown = grounded_graph(chapters, book, answers, VOCABULARY, min_confidence=0.5)  # no logprobs: kept
     assert len(unknown["edges"]) == 2 and all(e["confidence"] is None for e in unknown["edges"])
+
+
+def test_min_mentions_drops_relations_naming_a_person_the_book_names_too_rarely():
+    """A fragment taken for a name (张口, once in the book) loses its lines; a person named in
+    several places, under any of his names (宝玉 twice, 贾宝玉 once: one person, three mentions), keeps his."""
+    chapters = [Chapter("c1", "贾政的儿子是贾宝玉。宝玉与黛玉见了贾政。黛玉张口便说宝玉是好友。")]
+    _, book = passages(chapters, max_chars=12, overlap=0)
+    answers = ["贾政-贾宝玉:父子", "", "张口-宝玉:好友\n黛玉-宝玉:好友"][:len(book)]
+    assert len(book) == 3
+    everything = grounded_graph(chapters, book, answers, VOCABULARY)
+    assert {n["id"] for n in everything["nodes"]} == {"贾政", "贾宝玉", "黛玉", "张口"}
+    graph = grounded_graph(chapters, book, answers, VOCABULARY, min_mentions=2)
+    assert {n["id"]: n["mentions"] for n in graph["nodes"]} == {"贾政": 2, "贾宝玉": 3, "黛玉": 2}
+    assert [(e["source"], e["target"], e["relation"]) for e in graph["edges"]] == [
+        ("贾宝玉", "黛玉", "好友"), ("贾政", "贾宝玉", "父子")]
+    assert [(r["line"], r["reason"]) for r in graph["rejected"]] == [
+        ("张口-宝玉:好友", "张口 named 1 time(s) in the book, fewer than 2")]
+    assert grounded_graph(chapters, book, answers, VOCABULARY, min_mentions=1) == everything

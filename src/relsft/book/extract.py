@@ -26,7 +26,7 @@ from typing import Any, Callable
 from ..client import Endpoint, Extraction, endpoint_from_args, served_model_id
 from ..vocabulary import RelationType, load_relations_or_packaged
 from .aliases import AliasFile, read_alias_file
-from .graph import build_graph, grounded, write_outputs
+from .graph import build_graph, grounded, without_rare_names, write_outputs
 from .split import Chapter, Passage, passages, read_book
 
 
@@ -156,7 +156,7 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
 def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | Path,
                  relations: dict[str, RelationType], max_chars: int, overlap: int, concurrency: int = 8,
                  progress: bool = True, aliases: AliasFile | None = None,
-                 min_confidence: float = 0.0) -> tuple[dict[str, Any], Stats]:
+                 min_confidence: float = 0.0, min_mentions: int = 1) -> tuple[dict[str, Any], Stats]:
     _, book = passages(chapters, max_chars, overlap)
     texts = [p.text for p in book]
     cache = AnswerCache(cache_path)
@@ -166,27 +166,36 @@ def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | 
         cache.close()
     confidences = [cache.confidences.get(k) for k in AnswerCache.keys(endpoint, served, texts)]
     graph = book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap, aliases,
-                       confidences, min_confidence)
+                       confidences, min_confidence, min_mentions)
     return graph, stats
 
 
 def book_graph(chapters: list[Chapter], book: list[Passage], answers: list[str], relations: dict[str, RelationType],
                endpoint: Endpoint, served: str, max_chars: int, overlap: int, aliases: AliasFile | None = None,
-               confidences: list[dict[str, float] | None] | None = None, min_confidence: float = 0.0) -> dict[str, Any]:
+               confidences: list[dict[str, float] | None] | None = None, min_confidence: float = 0.0,
+               min_mentions: int = 1) -> dict[str, Any]:
     """The graph written to graph.json: the grounded graph and the settings it was made with."""
-    graph = grounded_graph(chapters, book, answers, relations, aliases, confidences, min_confidence)
+    graph = grounded_graph(chapters, book, answers, relations, aliases, confidences, min_confidence, min_mentions)
     graph["settings"] = {"model": endpoint.model, "served_model": served, "max_tokens": endpoint.max_tokens,
-                         "max_chars": max_chars, "overlap": overlap, "min_confidence": min_confidence}
+                         "max_chars": max_chars, "overlap": overlap, "min_confidence": min_confidence,
+                         "min_mentions": min_mentions}
     return graph
 
 
 def grounded_graph(chapters: list[Chapter], book: list[Passage], answers: list[str],
                    relations: dict[str, RelationType], aliases: AliasFile | None = None,
                    confidences: list[dict[str, float] | None] | None = None,
-                   min_confidence: float = 0.0) -> dict[str, Any]:
-    """The graph of the answers' grounded relations, with what was rejected and why."""
+                   min_confidence: float = 0.0, min_mentions: int = 1) -> dict[str, Any]:
+    """The graph of the answers' grounded relations, with what was rejected and why. With
+    `min_mentions` > 1 the graph is built twice: the first counts each person's mentions, the second
+    leaves out the lines naming one the book names fewer times."""
     kept, rejected = grounded(book, answers, relations, confidences, min_confidence)
     graph = build_graph(chapters, book, kept, relations, aliases, confidences)
+    rare = {name: n["mentions"] for n in graph["nodes"] if n["mentions"] < min_mentions for name in n["names"]}
+    if rare:
+        kept, dropped = without_rare_names(book, kept, rare, min_mentions)
+        rejected += dropped
+        graph = build_graph(chapters, book, kept, relations, aliases, confidences)
     graph["rejected"] = sorted(rejected + graph["rejected"], key=lambda r: r["passage"])
     return graph
 

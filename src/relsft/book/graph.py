@@ -87,6 +87,26 @@ def grounded(passages: list[Passage], answers: list[str], vocabulary: set[str] |
     return kept, rejected
 
 
+def without_rare_names(passages: list[Passage], answers: list[str], rare: dict[str, int],
+                       min_mentions: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each answer without the lines naming a person the book names fewer than `min_mentions` times
+    (`rare`: name -> mentions). Most such names are a clause fragment or a poem's word taken for a
+    name; a character the book really names once is lost with them."""
+    kept, rejected = [], []
+    for p, answer in zip(passages, answers):
+        lines = []
+        for line in answer.splitlines():
+            r = parse_line(line)
+            name = next((n for n in (r.a, r.b) if n in rare), None) if r else None
+            if name:
+                rejected.append({"passage": p.index, "line": line.strip(),
+                                 "reason": f"{name} named {rare[name]} time(s) in the book, fewer than {min_mentions}"})
+            else:
+                lines.append(line)
+        kept.append("\n".join(lines))
+    return kept, rejected
+
+
 def mentions(names: list[str], chapters: list[Chapter]) -> int:
     """Occurrences of any of the names, without overlap: 贾宝玉 is one mention, not one of 宝玉 too."""
     pattern = re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
