@@ -213,7 +213,7 @@ def run_cli(args, params: dict[str, Any]) -> None:
     relations, aliases = book_inputs(args)
     graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl", relations,
                                 args.max_chars, args.overlap, args.concurrency, not args.no_progress, aliases,
-                                args.min_confidence)
+                                args.min_confidence, args.min_mentions)
     print(f"extract-book: {stats.line()}", file=sys.stderr, flush=True)
     paths = write_outputs(graph, out)
     print(f"extract-book: {len(graph['nodes'])} characters ({len(graph['merges'])} merges of names, "
