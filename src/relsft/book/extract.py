@@ -159,14 +159,14 @@ def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | 
                  min_confidence: float = 0.0, min_mentions: int = 1) -> tuple[dict[str, Any], Stats]:
     _, book = passages(chapters, max_chars, overlap)
     texts = [p.text for p in book]
-    cache = AnswerCache(cache_path)
+    cache, sure = AnswerCache(cache_path), {}
     try:
-        answers, stats, served = asyncio.run(answer_all(texts, endpoint, cache, concurrency, progress))
+        answers, stats, served = asyncio.run(answer_all(texts, endpoint, cache, concurrency, progress,
+                                                        on_answer=lambda text, _, c: sure.setdefault(text, c)))
     finally:
         cache.close()
-    confidences = [cache.confidences.get(k) for k in AnswerCache.keys(endpoint, served, texts)]
     graph = book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap, aliases,
-                       confidences, min_confidence, min_mentions)
+                       [sure[t] for t in texts], min_confidence, min_mentions)
     return graph, stats
 
 
