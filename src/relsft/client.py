@@ -10,7 +10,9 @@ Every call relsft makes to a served model goes through this module (`relsft extr
 
 - the request (`Endpoint.request`): the evaluated prompt (`relations.user_messages`; the server
   applies the exported chat template), greedy (temperature 0), at most `max_tokens` answer tokens,
-  so the answers are the evaluated ones;
+  and, where the model was evaluated so (`evaluate.enforce_format`), decoding held to the answer
+  format (vLLM's `structured_outputs` with `relations.ANSWER_REGEX`), so the answers are the
+  evaluated ones;
 - the key: the one given, else $RELSFT_API_KEY (which `relsft serve` reads too);
 - the timeout of one answer, and the retries. The retry policy is the openai client's own, the
   same for `OpenAI` and `AsyncOpenAI`, streamed or not (a stream is retried before its first
@@ -32,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .relations import Relation, parse_output, user_messages
+from .relations import ANSWER_REGEX, Relation, parse_output, user_messages
 
 API_KEY_ENV = "RELSFT_API_KEY"
 DEFAULT_PORT = 8000  # where `relsft serve` listens unless told otherwise (ServeSettings.port)
@@ -53,6 +55,7 @@ class Endpoint:
     max_tokens: int = DEFAULT_MAX_TOKENS
     timeout: float = TIMEOUT
     retries: int = RETRIES
+    enforce_format: bool = False  # ask vLLM to hold the answer to ANSWER_REGEX (evaluate.enforce_format)
 
     def connect(self, asynchronous: bool = False, **options: Any):
         """An `openai.OpenAI` (`AsyncOpenAI`) with this endpoint's key, timeout and retries;
@@ -66,8 +69,9 @@ class Endpoint:
     def request(self, text: str, stream: bool = False, logprobs: bool = False) -> dict[str, Any]:
         """The chat-completions arguments that ask for `text`'s relations (with `logprobs`: and the
         log-probability of every answer token, for `line_confidences`)."""
+        extra = {"extra_body": {"structured_outputs": {"regex": ANSWER_REGEX}}} if self.enforce_format else {}
         return {"model": self.model, "messages": user_messages(text), "temperature": 0,
-                "max_tokens": self.max_tokens, "stream": stream, **({"logprobs": True} if logprobs else {})}
+                "max_tokens": self.max_tokens, "stream": stream, **({"logprobs": True} if logprobs else {}), **extra}
 
 
 def interactive(endpoint: Endpoint) -> Endpoint:
@@ -76,12 +80,14 @@ def interactive(endpoint: Endpoint) -> Endpoint:
 
 
 def endpoint_from_args(args, params: dict[str, Any]) -> Endpoint:
-    """The served model of `--url/--api-key/--model-name` (extract, extract-book, ui), asked for
-    evaluate.max_new_tokens (params.yaml over its recipe); params may be {} (outside a project):
-    then DEFAULT_PORT and DEFAULT_MAX_TOKENS."""
+    """The served model of `--url/--api-key/--model-name` (extract, extract-book, ui), asked as the
+    evaluate stage decodes: evaluate.max_new_tokens and evaluate.enforce_format (params.yaml over its
+    recipe); params may be {} (outside a project): then DEFAULT_PORT, DEFAULT_MAX_TOKENS, free format."""
     port = params.get("serve", {}).get("port", DEFAULT_PORT)
+    evaluate = params.get("evaluate", {})
     return Endpoint(args.url or f"http://127.0.0.1:{port}/v1", args.api_key, args.model_name,
-                    params.get("evaluate", {}).get("max_new_tokens", DEFAULT_MAX_TOKENS))
+                    evaluate.get("max_new_tokens", DEFAULT_MAX_TOKENS),
+                    enforce_format=evaluate.get("enforce_format", False))
 
 
 def served_id(served: list, name: str) -> str:
@@ -172,14 +178,15 @@ class RelationClient:
     """A served model, synchronously. The async callers (extract-book, the UI) use `Endpoint.connect`."""
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str = "relsft",
-                 max_tokens: int = DEFAULT_MAX_TOKENS, timeout: float = TIMEOUT, retries: int = RETRIES):
-        self.endpoint = Endpoint(base_url, api_key, model, max_tokens, timeout, retries)
+                 max_tokens: int = DEFAULT_MAX_TOKENS, timeout: float = TIMEOUT, retries: int = RETRIES,
+                 enforce_format: bool = False):
+        self.endpoint = Endpoint(base_url, api_key, model, max_tokens, timeout, retries, enforce_format)
         self.openai = self.endpoint.connect()
 
     @classmethod
     def at(cls, endpoint: Endpoint) -> "RelationClient":
         return cls(endpoint.url, endpoint.api_key, endpoint.model, endpoint.max_tokens, endpoint.timeout,
-                   endpoint.retries)
+                   endpoint.retries, endpoint.enforce_format)
 
     @property
     def model(self) -> str:

@@ -74,23 +74,28 @@ def greedy_generate(model, tok, texts: list[str], max_new_tokens: int, batch_siz
 
 
 def vllm_greedy(model_dir, texts: list[str], max_new_tokens: int, dtype: str, max_model_len: int,
-                desc: str = "generate") -> list[dict[str, Any]]:
+                desc: str = "generate", enforce_format: bool = False) -> list[dict[str, Any]]:
     """The same answers as `greedy_generate`'s, from vLLM's offline engine: what `relsft serve` answers
-    (same engine, weights, dtype and chat template). Needs vLLM (`serve-cpu` / `serve-gpu` extra)."""
+    (same engine, weights, dtype and chat template). Needs vLLM (`serve-cpu` / `serve-gpu` extra).
+    With `enforce_format`, decoding is held to the answer format (`relations.ANSWER_REGEX`, vLLM's
+    structured outputs), as a client of `relsft serve` asks with `Endpoint.enforce_format`."""
     import gc
     import os
 
     from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
     from .chat import chat_template_kwargs
-    from .relations import user_messages
+    from .relations import ANSWER_REGEX, user_messages
 
     if inference_device() == "cpu":  # unset, vLLM reserves ~90% of RAM for its KV cache
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     limit = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
     llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=min(max_model_len, limit or max_model_len), seed=0)
     try:
-        outputs = llm.chat([user_messages(t) for t in texts], SamplingParams(temperature=0, max_tokens=max_new_tokens),
+        structured = StructuredOutputsParams(regex=ANSWER_REGEX) if enforce_format else None
+        greedy = SamplingParams(temperature=0, max_tokens=max_new_tokens, structured_outputs=structured)
+        outputs = llm.chat([user_messages(t) for t in texts], greedy,
                            chat_template_kwargs=chat_template_kwargs(model_dir) or None, use_tqdm=True)
     finally:
         engine_core = getattr(llm.llm_engine, "engine_core", None)
@@ -104,5 +109,5 @@ def vllm_greedy(model_dir, texts: list[str], max_new_tokens: int, dtype: str, ma
         # As the server's streaming detokenizer: bytes of an unfinished character are never sent.
         results.append({"answer": answer.text.rstrip("\ufffd"), "stopped": answer.finish_reason == "stop",
                         "tokens": len(answer.token_ids)})
-    print(f"{desc}: {len(texts)} answers from vLLM ({dtype})")
+    print(f"{desc}: {len(texts)} answers from vLLM ({dtype}{', answer format enforced' if enforce_format else ''})")
     return results

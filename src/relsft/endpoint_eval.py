@@ -33,7 +33,8 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
 
     from .client import RelationClient
 
-    client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"])
+    client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"],
+                            enforce_format=cfg.get("enforce_format", False))
     client.served_model_id()  # no server, or not this model: said at once, not after every request's retries
     symmetric = symmetric_relations(data_dir)
     metrics: dict[str, Any] = {}

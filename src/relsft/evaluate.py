@@ -77,18 +77,22 @@ def decode_splits(model_dir: str | Path, texts: dict[str, list[str]], cfg: dict[
                   desc: str) -> tuple[dict[str, list[dict[str, Any]]], str]:
     """Each split's greedy answers from `model_dir` with the recipe's engine, and how they were decoded."""
     engine, dtype = cfg.get("engine", "transformers"), cfg.get("dtype", "float32")
+    enforce_format = cfg.get("enforce_format", False)
     if engine == "vllm":
         from .decoding import vllm_greedy
 
         flat = vllm_greedy(model_dir, [t for ts in texts.values() for t in ts], cfg["max_new_tokens"], dtype,
-                           cfg["max_model_len"], desc=desc)
+                           cfg["max_model_len"], desc=desc, enforce_format=enforce_format)
         out, start = {}, 0
         for split, ts in texts.items():
             out[split], start = flat[start : start + len(ts)], start + len(ts)
-        return out, f"vLLM offline engine, greedy, {dtype}"
+        return out, f"vLLM offline engine, greedy, {dtype}" + (", answer format enforced" if enforce_format else "")
     if engine != "transformers" or dtype != "float32":
         raise ValueError(f"evaluate.engine {engine!r} with dtype {dtype!r}: use transformers (float32) or vllm "
                          "(float32 or bfloat16, the precision relsft serve serves)")
+    if enforce_format:
+        raise ValueError("evaluate.enforce_format holds decoding to the answer format with vLLM's structured outputs: "
+                         "set evaluate.engine: vllm, or enforce_format: false")
     from .decoding import greedy_generate, inference_device, load_for_inference
 
     model, tok = load_for_inference(model_dir)

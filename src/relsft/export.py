@@ -14,7 +14,7 @@ from typing import Any
 
 from .chat import end_of_turn, sampling_keys_in, stop_on_end_of_turn
 from .files import atomic_dir, write_json
-from .relations import INSTRUCTION
+from .relations import ANSWER_REGEX, INSTRUCTION
 from .report import metrics_table
 
 
@@ -55,7 +55,7 @@ Prompt (user turn, through the bundled chat template): `{INSTRUCTION}<text>`
 - fine-tuning: TRL SFTTrainer + PEFT LoRA r={train["lora"]["r"]} alpha={train["lora"]["lora_alpha"]},
   lr {train["sft"]["learning_rate"]}, {train["sft"]["max_steps"]} steps, batch {train["sft"]["per_device_train_batch_size"]},
   {train["precision"]} precision; adapter merged; weights saved and served in {params["evaluate"].get("dtype", "float32")}
-- greedy decoding; generation stops at `{end_of_turn_token}`
+- greedy decoding; generation stops at `{end_of_turn_token}`{held_format(params)}
 
 ## Evaluation (greedy, held-out splits)
 
@@ -74,6 +74,14 @@ The chat template, `{end_of_turn_token}` as eos and the absence of sampling defa
 
 All parameters: `relsft.json`.
 """
+
+
+def held_format(params: dict[str, Any]) -> str:
+    """The model card's line on evaluate.enforce_format: how a client asks for the evaluated answers."""
+    if not params["evaluate"].get("enforce_format", False):
+        return ""
+    return ("\n- evaluated with decoding held to the answer format (vLLM structured outputs); ask for the same:\n"
+            f"  `extra_body={{\"structured_outputs\": {{\"regex\": {json.dumps(ANSWER_REGEX)}}}}}`")
 
 
 def export(merged_dir: str | Path, metrics_path: str | Path, data_dir: str | Path, out_dir: str | Path,

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 INSTRUCTION = "从以下小说内容中提取人物关系:"
 
 # Names and relations may not contain the separators, whitespace or the line break.
-LINE_RE = re.compile(r"^(?P<a>[^\s\-:]+)-(?P<b>[^\s\-:]+):(?P<rel>[^\s\-:]+)$")
+FIELD = r"[^\s\-:]+"
+LINE_RE = re.compile(rf"^(?P<a>{FIELD})-(?P<b>{FIELD}):(?P<rel>{FIELD})$")
+# A whole answer that parse_output reads without a bad line: no relation, or lines of `A-B:rel`. Decoding
+# under it (vLLM structured outputs, `evaluate.enforce_format`) makes every answer parse: a model that
+# starts a third name or an unfinished line is steered to `:` and a label instead.
+ANSWER_REGEX = rf"({FIELD}-{FIELD}:{FIELD}(\n{FIELD}-{FIELD}:{FIELD})*)?"
 
 
 @dataclass(frozen=True)

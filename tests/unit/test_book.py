@@ -398,10 +398,11 @@ def test_cache_resumes_and_survives_a_torn_line(tmp_path):
     assert run_answers(FakeServer(), book, cache_path)[1].requested == 0
     # each answer's lines are cached with the probability the model gave them
     assert AnswerCache(cache_path).confidences[json.loads(lines[0])["key"]] == {"第0-林清:好友": 0.904837}
-    # another model behind the same name, or another answer length, is asked afresh
+    # another model behind the same name, another answer length or an enforced format is asked afresh
     key = AnswerCache.key("relsft", "/models/tiny", 32, book[0])
     assert key not in (AnswerCache.key("relsft", "/models/other", 32, book[0]),
-                       AnswerCache.key("relsft", "/models/tiny", 16, book[0]))
+                       AnswerCache.key("relsft", "/models/tiny", 16, book[0]),
+                       AnswerCache.key("relsft", "/models/tiny", 32, book[0], enforce_format=True))
 
 
 def test_each_answer_is_reported_once_as_it_is_known(tmp_path):

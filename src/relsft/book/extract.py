@@ -7,7 +7,7 @@ through `openai.AsyncOpenAI`, at most `concurrency` in flight (the server batche
 Every answer is asked with its token log-probabilities and appended, with its lines' confidences
 (`client.line_confidences`), to a JSONL cache, flushed as it arrives, keyed by sha256 of the
 requested model name, the id of what the server serves under it (`/v1/models` root: its model
-path), max_tokens and the passage text. A rerun asks only for what the cache lacks, so a killed run
+path), max_tokens, whether the answer format was enforced, and the passage text. A rerun asks only for what the cache lacks, so a killed run
 loses at most the passages that were in flight, and the same text on the same model gives the same
 answers (greedy) and so the same graph.
 """
@@ -49,12 +49,13 @@ class AnswerCache:
         self._file = None
 
     @staticmethod
-    def key(model: str, served_id: str, max_tokens: int, text: str) -> str:
-        return hashlib.sha256(json.dumps([model, served_id, max_tokens, text], ensure_ascii=False).encode()).hexdigest()
+    def key(model: str, served_id: str, max_tokens: int, text: str, enforce_format: bool = False) -> str:
+        fields = [model, served_id, max_tokens, text] + (["enforce_format"] if enforce_format else [])
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     @classmethod
     def keys(cls, endpoint: Endpoint, served_id: str, texts: list[str]) -> list[str]:
-        return [cls.key(endpoint.model, served_id, endpoint.max_tokens, t) for t in texts]
+        return [cls.key(endpoint.model, served_id, endpoint.max_tokens, t, endpoint.enforce_format) for t in texts]
 
     def put(self, key: str, answer: str, finish_reason: str | None,
             confidence: dict[str, float] | None = None) -> None:
