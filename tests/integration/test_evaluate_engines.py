@@ -18,3 +18,33 @@ def test_vllm_offline_engine_answers_as_transformers(pipeline_project, tiny_para
     assert how.startswith("transformers") and vllm_how == "vLLM offline engine, greedy, float32"
     assert [r["answer"] for r in served["test"]] == [r["answer"] for r in reference["test"]]
     assert [r["stopped"] for r in served["test"]] == [r["stopped"] for r in reference["test"]]
+
+
+def test_enforced_format_holds_a_model_that_breaks_it(pipeline_project, tiny_params):
+    """evaluate.enforce_format on vLLM's offline engine: the untrained base writes the prompt back
+    (`…人物关系:…`, not `A-B:rel`); held to ANSWER_REGEX every answer is the format so far (a
+    truncated one ends inside a line) and every finished one matches it whole."""
+    import re
+
+    from relsft.evaluate import decode_splits, evaluate_settings
+    from relsft.relations import ANSWER_REGEX, FIELD
+
+    line, partial = f"{FIELD}-{FIELD}:{FIELD}", f"({FIELD}(-({FIELD}(:{FIELD[:-1]}*)?)?)?)?"
+
+    def format_so_far(answer: str) -> bool:
+        *done, last = answer.split("\n")
+        return all(re.fullmatch(line, d) for d in done) and re.fullmatch(partial, last) is not None
+
+    def broken(result) -> bool:  # a finished answer that does not match, or a cut one already off the format
+        return not (re.fullmatch(ANSWER_REGEX, result["answer"]) if result["stopped"] else format_so_far(result["answer"]))
+
+    texts = {"test": [json.loads(row)["text"] for row in
+                      (pipeline_project / "datasets" / "test.jsonl").read_text(encoding="utf-8").splitlines()][:12]}
+    cfg = dict(evaluate_settings(tiny_params["evaluate"], tiny_params["format"]["max_length"]), engine="vllm",
+               dtype="float32", max_new_tokens=48)
+    base = pipeline_project / "models" / "base"
+    free, _ = decode_splits(base, texts, dict(cfg, enforce_format=False), desc="free")
+    held, how = decode_splits(base, texts, dict(cfg, enforce_format=True), desc="held")
+    assert how == "vLLM offline engine, greedy, float32, answer format enforced"
+    assert sum(map(broken, free["test"])) >= 6, [r["answer"] for r in free["test"]]  # the base breaks the format
+    assert not any(map(broken, held["test"])), [r["answer"] for r in held["test"]]

@@ -209,6 +209,27 @@ def test_16_concurrent_streams_complete(client, examples, inprocess):
     assert [r.answer for r in results] == [inprocess[t]["answer"] for t in texts]
 
 
+def test_served_answers_held_to_the_format_equal_the_offline_engines(server, served_model, tiny_params, examples,
+                                                                      one_relation_texts):
+    """A client with enforce_format (a recipe's evaluate.enforce_format) asks vLLM's structured outputs
+    for the answer format: the server answers as the evaluate stage's offline engine held to it, streamed
+    or not, and every finished answer parses."""
+    from relsft.evaluate import decode_splits, evaluate_settings
+
+    texts = [e["text"] for e in examples[:8]] + one_relation_texts[:8]
+    cfg = dict(evaluate_settings(tiny_params["evaluate"], tiny_params["format"]["max_length"]), engine="vllm",
+               dtype="float32", enforce_format=True)
+    offline, _ = decode_splits(served_model, {"test": texts}, cfg, desc="offline, held")
+    held = RelationClient(server.base_url, api_key=API_KEY, max_tokens=cfg["max_new_tokens"], enforce_format=True)
+    with ThreadPoolExecutor(8) as pool:
+        served = list(pool.map(held.extract, texts))
+        streamed = list(pool.map(held.stream_extract, texts))
+    expected = [r["answer"] for r in offline["test"]]
+    assert [r.answer for r in served] == [r.answer for r in streamed] == expected
+    assert sum(bool(parse_output(a).relations) for a in expected) >= 4  # real relations, not empty answers
+    assert all(not parse_output(r.answer).failed for r in served if r.finish_reason == "stop")
+
+
 def test_extract_cli_streams_then_prints_relations(server, pipeline_project, inprocess, good_text):
     proc = run(["relsft", "extract", good_text, "--url", server.base_url, "--api-key", API_KEY], pipeline_project,
                timeout=120)
