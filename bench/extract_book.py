@@ -123,8 +123,7 @@ def main() -> None:
                                              dtype=dtype or None, extra_args=["--no-enable-prefix-caching"])
         print(f"starting vLLM on {settings.model} in {settings.dtype} ...", flush=True)
         with VLLMServer(settings, api_key=API_KEY, log_path=out.with_suffix(f".{settings.dtype}.vllm.log")) as server:
-            endpoint = Endpoint(server.base_url, API_KEY, max_tokens=params["evaluate"]["max_new_tokens"],
-                                enforce_format=params["evaluate"].get("enforce_format", False))
+            endpoint = Endpoint.as_evaluated(server.base_url, API_KEY, "relsft", params["evaluate"])
             arm(endpoint, chapters, warm_up, 4, relations, 120)
             for concurrency in args.concurrency:
                 print(f"extract-book, {len(book)} passages, {settings.dtype}, concurrency {concurrency} ...", flush=True)

@@ -57,6 +57,13 @@ class Endpoint:
     retries: int = RETRIES
     enforce_format: bool = False  # ask vLLM to hold the answer to ANSWER_REGEX (evaluate.enforce_format)
 
+    @classmethod
+    def as_evaluated(cls, url: str, api_key: str | None, model: str, evaluate: dict[str, Any]) -> "Endpoint":
+        """`url` asked as the evaluate stage decodes: `evaluate` is params' (over its recipe) evaluate
+        section, for max_new_tokens and enforce_format; {} outside a project: DEFAULT_MAX_TOKENS, free format."""
+        return cls(url, api_key, model, evaluate.get("max_new_tokens", DEFAULT_MAX_TOKENS),
+                   enforce_format=evaluate.get("enforce_format", False))
+
     def connect(self, asynchronous: bool = False, **options: Any):
         """An `openai.OpenAI` (`AsyncOpenAI`) with this endpoint's key, timeout and retries;
         `options` go to its constructor too (e.g. an `http_client`)."""
@@ -84,10 +91,8 @@ def endpoint_from_args(args, params: dict[str, Any]) -> Endpoint:
     evaluate stage decodes: evaluate.max_new_tokens and evaluate.enforce_format (params.yaml over its
     recipe); params may be {} (outside a project): then DEFAULT_PORT, DEFAULT_MAX_TOKENS, free format."""
     port = params.get("serve", {}).get("port", DEFAULT_PORT)
-    evaluate = params.get("evaluate", {})
-    return Endpoint(args.url or f"http://127.0.0.1:{port}/v1", args.api_key, args.model_name,
-                    evaluate.get("max_new_tokens", DEFAULT_MAX_TOKENS),
-                    enforce_format=evaluate.get("enforce_format", False))
+    return Endpoint.as_evaluated(args.url or f"http://127.0.0.1:{port}/v1", args.api_key, args.model_name,
+                                 params.get("evaluate", {}))
 
 
 def served_id(served: list, name: str) -> str:

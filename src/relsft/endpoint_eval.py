@@ -31,10 +31,9 @@ def evaluate_endpoint(base_url: str, api_key: str | None, model: str, dataset_di
     with the in-process one (`parity` in the metrics file): the served export should answer alike."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .client import RelationClient
+    from .client import Endpoint, RelationClient
 
-    client = RelationClient(base_url, api_key=api_key, model=model, max_tokens=cfg["max_new_tokens"],
-                            enforce_format=cfg.get("enforce_format", False))
+    client = RelationClient.at(Endpoint.as_evaluated(base_url, api_key, model, cfg))
     client.served_model_id()  # no server, or not this model: said at once, not after every request's retries
     symmetric = symmetric_relations(data_dir)
     metrics: dict[str, Any] = {}

@@ -7,9 +7,9 @@ through `openai.AsyncOpenAI`, at most `concurrency` in flight (the server batche
 Every answer is asked with its token log-probabilities and appended, with its lines' confidences
 (`client.line_confidences`), to a JSONL cache, flushed as it arrives, keyed by sha256 of the
 requested model name, the id of what the server serves under it (`/v1/models` root: its model
-path), max_tokens, whether the answer format was enforced, and the passage text. A rerun asks only for what the cache lacks, so a killed run
-loses at most the passages that were in flight, and the same text on the same model gives the same
-answers (greedy) and so the same graph.
+path), max_tokens, whether the answer format was enforced, and the passage text. A rerun asks only
+for what the cache lacks, so a killed run loses at most the passages that were in flight, and the
+same text on the same model gives the same answers (greedy) and so the same graph.
 """
 
 from __future__ import annotations
