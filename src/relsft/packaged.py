@@ -12,7 +12,8 @@ from pathlib import Path
 
 FILES = (
     "relations.tsv", "prose/statements.tsv", "prose/clauses.tsv", "prose/kinship.tsv", "surnames.txt",
-    "given_male.txt", "given_female.txt", "chars_general_standard.txt", "annotated/examples.jsonl", "gold.jsonl",
+    "given_male.txt", "given_female.txt", "chars_general_standard.txt", "annotated/examples.jsonl",
+    "annotated/novels.jsonl", "gold.jsonl",
 )
 
 

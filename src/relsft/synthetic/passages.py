@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..annotated import load_annotated, repeats
 from ..files import atomic_file, jsonl_line, write_json
+from ..relations import parse_output
 from .inputs import LEVEL_1, SEX_PAIRS, Clause, KinWord, RawData, RawDataError, Statement, load_raw, sex_pairs
 
 SPLITS = ("train", "val", "test", "test_ood")
@@ -93,21 +94,24 @@ def shared_name_chars(raw: RawData) -> set[str]:
 def name_pools(raw: RawData, ood_fraction: float, seed: int) -> dict[str, NamePool]:
     """Split surnames and given-name characters into disjoint train and OOD pools.
 
-    OOD characters also never occur in the annotated passages, which all go to train.
+    OOD characters also never occur in a name of an annotated answer (those passages all go to train).
+    Only the names: their prose would take nearly every rare surname out of test_ood, as the generated
+    passages' prose, which is not checked either, would.
     """
     male, female = sex_marks(raw)
     marked = shared_name_chars(raw)
     stop = FUNCTION_CHARS | {c for r in raw.relations for c in r} | {c for k in raw.kinship for c in k.word}
-    annotated_chars = {c for r in raw.annotated for c in r.text + r.output}
+    annotated_chars = {c for r in raw.annotated for rel in parse_output(r.output).relations for c in rel.a + rel.b}
     rng = random.Random(f"{seed}:pools")
     surnames = [s for s in raw.surnames if not set(s) & stop]
     # surnames.txt lists the most common first: test_ood's come from the rarer half, so the shipped model
     # knows 王, 陈 or 慕容 as names; none shares a character with a common one (公孙 would take 孙 with it).
-    common_chars = {c for s in surnames[: len(surnames) // 2] for c in s}
-    rare = [s for s in surnames[len(surnames) // 2 :] if not set(s) & common_chars]
+    half = len(raw.surnames) // 2  # of the file, as it ranks them
+    common_chars = {c for s in raw.surnames[:half] for c in s}
+    # An annotated name's surname is a train surname: the OOD ones are drawn from the others.
+    rare = [s for s in raw.surnames[half:] if s in surnames and not set(s) & (common_chars | annotated_chars)]
     rng.shuffle(rare)
-    n_ood = max(1, round(len(surnames) * ood_fraction))
-    ood_s = [s for s in rare[:n_ood] if not set(s) & annotated_chars]
+    ood_s = rare[: max(1, round(len(surnames) * ood_fraction))]
     ood_chars = {c for s in ood_s for c in s}
     # Compound surnames share characters (孙 / 公孙): a train surname may not touch an OOD one.
     train_s = [s for s in surnames if s not in ood_s and not set(s) & ood_chars]
