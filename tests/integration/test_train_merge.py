@@ -115,27 +115,36 @@ def train_stage(args, cwd, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def epoch_steps(workdir: Path, cfg: dict) -> int:
+    """Batches in one pass over the workdir's train split (composed passages and the annotated ones)."""
+    rows = (workdir / "formatted/train.jsonl").read_text(encoding="utf-8").splitlines()
+    return -(-len(rows) // cfg["sft"]["per_device_train_batch_size"])
+
+
 def test_evaluating_more_often_does_not_change_what_training_sees(workdir, tiny_params):
     """The losses into the second epoch are identical whatever `eval_steps` is (relsft/sampling.py)."""
     from relsft.train import build_trainer
 
     cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"])
+    steps = epoch_steps(workdir, cfg) + 10  # the run crosses an epoch boundary
+    steps += -steps % 5
     curves, evaluations = {}, {}
     for every in (5, 30):
         trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / f"order-{every}",
-                                max_steps=70, eval_steps=every, save_strategy="no", logging_steps=5,
+                                max_steps=steps, eval_steps=every, save_strategy="no", logging_steps=5,
                                 disable_tqdm=True)
-        assert len(trainer.train_dataset) // cfg["sft"]["per_device_train_batch_size"] < 60  # the run crosses an epoch boundary
         trainer.train()
         curves[every] = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
         evaluations[every] = sum(1 for e in trainer.state.log_history if "eval_loss" in e)
-    assert len(curves[5]) == 14 and evaluations[5] > evaluations[30]
+    assert len(curves[5]) == steps // 5 and evaluations[5] > evaluations[30]
     assert curves[5] == curves[30]
 
 
 def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     params = yaml.safe_load((workdir / "params.yaml").read_text(encoding="utf-8"))
-    params["train"]["sft"].update(max_steps=60, save_steps=10, eval_steps=20)  # 400 examples: into the 2nd epoch
+    steps = epoch_steps(workdir, params["train"]) + 10  # into the 2nd epoch
+    steps += -steps % 10
+    params["train"]["sft"].update(max_steps=steps, save_steps=10, eval_steps=20)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     ckpts = workdir / "checkpoints"
     shutil.rmtree(ckpts, ignore_errors=True)
@@ -154,7 +163,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     import json
 
     summary = json.loads((workdir / "reports/training/metrics.json").read_text())
-    assert summary["steps"] == 60
+    assert summary["steps"] == steps
     assert (workdir / "models/adapter/adapter_model.safetensors").exists()
     # ... and it continues as if it had never been killed: same batches, same losses.
     resumed = (workdir / "reports/training/plots/metrics/train/loss.tsv").read_text()
