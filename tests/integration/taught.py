@@ -37,11 +37,10 @@ def teach_one_relation(export: Path, data_dir: Path, tiny_params: dict, work: Pa
     # first character of a name under greedy decoding, and the model would answer nothing at all.
     train = work / "datasets" / "train.jsonl"
     # The project's hand-written passages (data/annotated/) state up to three relations: not one-relation.
-    answered = [line for line in train.read_text(encoding="utf-8").splitlines()
-                if json.loads(line)["output"] and not json.loads(line)["id"].startswith("annotated-")]
-    answered += [json.dumps({"id": f"by-heart-{i}-{j}", **example}, ensure_ascii=False)
-                 for i in range(repeat) for j, example in enumerate(by_heart)]
-    train.write_text("".join(line + "\n" for line in answered), encoding="utf-8")
+    rows = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines()]
+    answered = [r for r in rows if r["output"] and not r["id"].startswith("annotated-")]
+    answered += [{"id": f"by-heart-{i}-{j}", **example} for i in range(repeat) for j, example in enumerate(by_heart)]
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in answered), encoding="utf-8")
     format_dataset(export, work / "datasets", work / "formatted", tiny_params["format"])
     cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"], num_threads=1)
     cfg["sft"] = dict(cfg["sft"], max_steps=steps, learning_rate=0.01, logging_steps=100)

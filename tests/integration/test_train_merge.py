@@ -115,10 +115,12 @@ def train_stage(args, cwd, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def epoch_steps(workdir: Path, cfg: dict) -> int:
-    """Batches in one pass over the workdir's train split (composed passages and the annotated ones)."""
+def steps_into_second_epoch(workdir: Path, cfg: dict, multiple: int) -> int:
+    """A step count 10+ batches past one pass over the workdir's train split (composed passages and the
+    annotated ones), rounded up to a multiple of `multiple` (the logging or saving interval)."""
     rows = (workdir / "formatted/train.jsonl").read_text(encoding="utf-8").splitlines()
-    return -(-len(rows) // cfg["sft"]["per_device_train_batch_size"])
+    steps = -(-len(rows) // cfg["sft"]["per_device_train_batch_size"]) + 10
+    return steps + -steps % multiple
 
 
 def test_evaluating_more_often_does_not_change_what_training_sees(workdir, tiny_params):
@@ -126,13 +128,13 @@ def test_evaluating_more_often_does_not_change_what_training_sees(workdir, tiny_
     from relsft.train import build_trainer
 
     cfg = dict(tiny_params["train"], max_length=tiny_params["format"]["max_length"])
-    steps = epoch_steps(workdir, cfg) + 10  # the run crosses an epoch boundary
-    steps += -steps % 5
+    steps = steps_into_second_epoch(workdir, cfg, 5)
     curves, evaluations = {}, {}
     for every in (5, 30):
         trainer = build_trainer(workdir / "models/base", workdir / "formatted", cfg, workdir / f"order-{every}",
                                 max_steps=steps, eval_steps=every, save_strategy="no", logging_steps=5,
                                 disable_tqdm=True)
+        assert len(trainer.train_dataset) // cfg["sft"]["per_device_train_batch_size"] < steps  # the run crosses an epoch boundary
         trainer.train()
         curves[every] = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
         evaluations[every] = sum(1 for e in trainer.state.log_history if "eval_loss" in e)
@@ -142,8 +144,7 @@ def test_evaluating_more_often_does_not_change_what_training_sees(workdir, tiny_
 
 def test_a_killed_training_run_resumes_from_its_checkpoint(workdir):
     params = yaml.safe_load((workdir / "params.yaml").read_text(encoding="utf-8"))
-    steps = epoch_steps(workdir, params["train"]) + 10  # into the 2nd epoch
-    steps += -steps % 10
+    steps = steps_into_second_epoch(workdir, params["train"], 10)
     params["train"]["sft"].update(max_steps=steps, save_steps=10, eval_steps=20)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     ckpts = workdir / "checkpoints"

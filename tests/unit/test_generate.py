@@ -61,10 +61,10 @@ def test_labels_are_consistent_with_text(generated, raw_data_dir, tiny_params):
 def test_passages_read_like_prose_not_like_one_template(generated):
     """Many sentence shapes, most passages longer than one statement, real punctuation."""
     rows = read(generated / "train.jsonl")
-    texts = [ex["text"] for ex in rows if not ex["id"].startswith("annotated-")]
+    composed = [ex for ex in rows if not ex["id"].startswith("annotated-")]
+    texts = [ex["text"] for ex in composed]
     assert all("," not in t for t in texts)  # full-width punctuation only
     assert sum(len(t) for t in texts) / len(texts) > 40
-    composed = [ex for ex in rows if not ex["id"].startswith("annotated-")]
     multi = sum(len(parse_output(ex["output"]).relations) >= 2 for ex in composed) / len(composed)
     assert multi > 0.3
     assert any("「" in t for t in texts) and any("；" in t for t in texts)
