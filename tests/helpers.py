@@ -46,7 +46,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> su
 def make_project(dst: Path, params: dict, novel_passages: bool = True) -> Path:
     """A fresh git + DVC project with this repo's pipeline, recipes, package sources and `params`
     (resolved: every key in params.yaml, so the recipe it names sets nothing). `novel_passages=False`
-    leaves out the 560 shipped hand-written passages (data/annotated/novels.jsonl)."""
+    leaves out the shipped hand-written passages (data/annotated/novels.jsonl)."""
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dvc.yaml", dst / "dvc.yaml")
     shutil.copytree(ROOT / "recipes", dst / "recipes")
