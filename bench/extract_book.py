@@ -3,7 +3,7 @@ served in bf16 and in float32, side by side in one run, on the same model and th
 where a passage's time goes (queue, prefill, decode: vLLM's own /metrics; the rest is HTTP and client).
 
     python bench/extract_book.py [--model export/relsft-model] [--text BOOK] [--passages 64] [--params params.yaml]
-        [--dtypes bfloat16 float32] [--concurrency 1 4 16] [--book-passages 10800]
+        [--dtypes bfloat16 float32] [--reserved-cores -1] [--concurrency 1 4 16] [--book-passages 10800]
 
 Run from the project root after `dvc repro`. The text is BOOK (a file or a directory of chapters,
 as `relsft extract-book` reads it) or, by default, datasets/test.jsonl's texts in paragraphs of
@@ -12,7 +12,8 @@ Both arms run extract-book's own code (`book.extract.answer_all`, then the graph
 empty answer cache each, one after the other against one server started with prefix caching off,
 so the second arm does not skip the prefill of prompts the first one sent. A few other passages
 warm the server up first, unmeasured. Bounded: --passages per arm and --max-seconds per arm (an arm
-cut short reports the passages it finished). One server per dtype, one after the other. With
+cut short reports the passages it finished). One server per dtype and --reserved-cores value (the
+cores vLLM keeps off the model for its API server: `serve.reserved_cores`), one after the other. With
 --book-passages N it projects the time of a book of N passages at each arm's rate (红楼梦's 120
 chapters: ~10,800 passages, 20x chapters 1-5's 540). Writes bench/results/extract_book.json.
 """
@@ -101,6 +102,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
                     help="one server per dtype (default: bfloat16 float32; the model's own: serve.dtype '')")
+    ap.add_argument("--reserved-cores", type=int, nargs="+", default=[-1],
+                    help="one server per value of serve.reserved_cores (-1: relsft serve's default)")
     ap.add_argument("--book-passages", type=int, default=0, help="project the time of a book this long")
     ap.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS)
     ap.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
@@ -118,16 +121,19 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     model = args.model or params["serve"].get("model") or stage_paths("export")["out"]
     rows = []
-    for dtype in args.dtypes:
+    for dtype, reserved in [(d, r) for d in args.dtypes for r in args.reserved_cores]:
         settings = ServeSettings.from_params(params, model=model, host="127.0.0.1", port=free_port(),
-                                             dtype=dtype or None, extra_args=["--no-enable-prefix-caching"])
-        print(f"starting vLLM on {settings.model} in {settings.dtype} ...", flush=True)
-        with VLLMServer(settings, api_key=API_KEY, log_path=out.with_suffix(f".{settings.dtype}.vllm.log")) as server:
+                                             dtype=dtype or None, reserved_cores=reserved,
+                                             extra_args=["--no-enable-prefix-caching"])
+        print(f"starting vLLM on {settings.model} in {settings.dtype}, reserved cores {reserved} ...", flush=True)
+        log = out.with_suffix(f".{settings.dtype}.reserved{reserved}.vllm.log")
+        with VLLMServer(settings, api_key=API_KEY, log_path=log) as server:
             endpoint = Endpoint.as_evaluated(server.base_url, API_KEY, "relsft", params["evaluate"])
             arm(endpoint, chapters, warm_up, 4, relations, 120)
             for concurrency in args.concurrency:
-                print(f"extract-book, {len(book)} passages, {settings.dtype}, concurrency {concurrency} ...", flush=True)
-                rows.append({"dtype": settings.dtype,
+                print(f"extract-book, {len(book)} passages, {settings.dtype}, reserved cores {reserved}, "
+                      f"concurrency {concurrency} ...", flush=True)
+                rows.append({"dtype": settings.dtype, "reserved_cores": reserved,
                              **arm(endpoint, chapters, book, concurrency, relations, args.max_seconds)})
     base = rows[0]["passages_per_s"]
     for r in rows:
@@ -136,13 +142,14 @@ def main() -> None:
             r["book_hours"] = round(args.book_passages / r["passages_per_s"] / 3600, 2)
     print(f"\nmodel {settings.model}, {len(book)} passages of <= {args.max_chars} chars, "
           f"max_tokens {endpoint.max_tokens}; mean seconds per passage from vLLM's /metrics\n")
-    print(f"{'dtype':>9s} {'conc.':>5s} {'passages':>8s} {'wall s':>7s} {'pass./s':>7s} {'ratio':>6s} "
+    print(f"{'dtype':>9s} {'resv.':>5s} {'conc.':>5s} {'passages':>8s} {'wall s':>7s} {'pass./s':>7s} {'ratio':>6s} "
           f"{'e2e':>6s} {'queue':>6s} {'prefill':>7s} {'decode':>6s} {'http+cl':>7s}"
           + (f" {'book h':>6s}" if args.book_passages else ""))
     for r in rows:
         m = {k: ("-" if v is None else f"{v:.2f}") for k, v in r["mean_per_passage"].items()}
         note = "  (cut short by --max-seconds)" if r["cut_short"] else ""
-        print(f"{r['dtype']:>9s} {r['concurrency']:5d} {r['passages']:8d} {r['wall_s']:7.1f} "
+        reserved = "auto" if r["reserved_cores"] < 0 else str(r["reserved_cores"])
+        print(f"{r['dtype']:>9s} {reserved:>5s} {r['concurrency']:5d} {r['passages']:8d} {r['wall_s']:7.1f} "
               f"{r['passages_per_s']:7.2f} {r['ratio']:5.2f}x {m['e2e_s']:>6s} {m['queue_s']:>6s} "
               f"{m['prefill_s']:>7s} {m['decode_s']:>6s} {m['http_and_client_s']:>7s}"
               + (f" {r.get('book_hours', 0):6.1f}" if args.book_passages else "") + note)

@@ -117,6 +117,8 @@ class ServeSettings:
     lora_modules: dict[str, str] = setting(factory=dict, flag_help="adapters, requested as model NAME")
     max_lora_rank: int = setting(0, "0: the largest adapter rank")
     pin_engine_core: bool = setting(True, "CPU: the engine core on the model worker's core (steadier streaming)")
+    reserved_cores: int = setting(-1, "CPU: cores vLLM keeps off the model for its API server "
+                                  "(VLLM_CPU_NUM_OF_RESERVED_CPU); -1: none on 2 cores or fewer, else vLLM's default")
     # vLLM's own flags, for code (bench/serve.py): as flag values they would read as relsft's flags.
     extra_args: list[str] = setting(factory=list)
 
@@ -192,10 +194,30 @@ def vllm_env(s: ServeSettings, api_key: str) -> dict[str, str]:
     # The key goes through the environment (vLLM reads VLLM_API_KEY), not argv, so `ps` does not show it.
     env = dict(os.environ, VLLM_API_KEY=api_key)
     if not on_gpu():
-        # Unset, vLLM reserves ~90% of RAM for the KV cache. Thread binding stays vLLM's `auto`: the
-        # model's threads on one core and one core left to the API server (binding both was 2-4x slower).
+        # Unset, vLLM reserves ~90% of RAM for the KV cache.
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_space_gib))
+        if s.reserved_cores >= 0:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(s.reserved_cores)
+        elif len(os.sched_getaffinity(0)) <= 2:
+            # vLLM keeps a core for the API server; on 2 cores that halves the model's. Prefill is
+            # compute-bound: the default reads 1.7x the passages/s with both cores, the tests' tiny
+            # model ~10% fewer (bench/extract_book.py --reserved-cores, docs/experiments.md).
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     return env
+
+
+def model_cores(worker: int) -> set[int]:
+    """The cores a vLLM CPU worker's model threads run on: vLLM binds each to one core (the
+    process's own affinity is only its first thread's)."""
+    cores: set[int] = set()
+    for task in Path(f"/proc/{worker}/task").iterdir():
+        try:
+            affinity = os.sched_getaffinity(int(task.name))
+        except (OSError, ValueError):  # a thread that ended meanwhile
+            continue
+        if len(affinity) == 1:
+            cores |= affinity
+    return cores
 
 
 class VLLMServer:
@@ -268,7 +290,7 @@ class VLLMServer:
         workers = [pid for pid, name in procs.items() if name.startswith("VLLM::Worker")]
         engines = [pid for pid, name in procs.items() if name.startswith("VLLM::EngineCor")]
         try:
-            cores = set().union(*(os.sched_getaffinity(pid) for pid in workers))
+            cores = set().union(*(model_cores(pid) for pid in workers))
             if cores and cores != os.sched_getaffinity(0):
                 for pid in engines:
                     os.sched_setaffinity(pid, cores)

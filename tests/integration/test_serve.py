@@ -151,6 +151,19 @@ def test_unsupported_cpu_head_size_is_refused(pipeline_project, tmp_path):
         check_cpu_head_size(tmp_path)
 
 
+def test_on_two_cores_the_model_gets_both(server):
+    """vLLM keeps a core for its API server unless told; on 2 cores that would halve the model's."""
+    workers = [pid for pid, name in server.group_processes().items() if name.startswith("VLLM::Worker")]
+    assert workers, "no vLLM worker process found in the server's process group"
+    # vLLM binds each model thread to one core
+    bound = [os.sched_getaffinity(int(t.name)) for pid in workers for t in Path(f"/proc/{pid}/task").iterdir()]
+    cores = set().union(*(a for a in bound if len(a) == 1))
+    mine = os.sched_getaffinity(0)
+    assert cores and cores <= mine
+    if len(mine) <= 2:
+        assert cores == mine
+
+
 def test_streamed_answer_matches_inprocess(server, client, inprocess, good_text):
     stream = client.openai.chat.completions.create(model="relsft", messages=user_messages(good_text), temperature=0,
                                                    max_tokens=client.max_tokens, stream=True)
