@@ -83,14 +83,17 @@ def add_book_args(p):
 
 
 def add_extract_book_args(p):
+    from .book.graph import DEFAULT_MIN_CONFIDENCE
+
     p.add_argument("file", help="UTF-8 text file (split at 第…回/章 headings), a directory of chapter files, or '-'")
     add_book_args(p)
     p.add_argument("--out", default="book-graph", help="writes graph.json, graph.graphml, relations.csv")
     p.add_argument("--cache", help="answer cache, resumes a killed run (default: OUT/cache.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                   help="drop answer lines the model gave a probability below P (0-1; default 0: keep all; "
-                        "examples/hongloumeng/check.py --curve shows what each P buys)")
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE, metavar="P",
+                   help=f"drop answer lines the model gave a probability below P (0-1; default "
+                        f"{DEFAULT_MIN_CONFIDENCE}; 0 keeps all; examples/hongloumeng/check.py --curve shows what "
+                        "each P buys)")
     p.add_argument("--min-mentions", type=int, default=1, metavar="N",
                    help="drop relations naming a person the book names fewer than N times (most one-off "
                         "'names' are clause fragments; default 1: keep all)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from relsft.book.graph import DEFAULT_MIN_CONFIDENCE
 from relsft.book.split import passages, read_book
 from taught import TAUGHT_KEY as API_KEY, inprocess_graph, without_confidence
 
@@ -104,8 +105,9 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
 
     out = tmp_path / "graph"
     # In the project: max_tokens and relations.tsv from its params.yaml, as the in-process answers.
-    proc = cli(extract_book_cmd(book_server, book_dir, out, "--api-key", API_KEY, "--concurrency", "8"),
-               pipeline_project)
+    # --min-confidence 0: every line, as the in-process graph has them (the default cut is tested below)
+    proc = cli(extract_book_cmd(book_server, book_dir, out, "--api-key", API_KEY, "--concurrency", "8",
+                                "--min-confidence", "0"), pipeline_project)
     graph = json.loads((out / "graph.json").read_text(encoding="utf-8"))
     assert [c["name"] for c in graph["chapters"]] == ["第1章.txt", "第2章.txt", "第3章.txt", "第4章.txt"]
     assert graph["passages"] == expected_graph["passages"] > 4 * 4  # several passages per chapter
@@ -124,7 +126,7 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
     assert len((out / "relations.csv").read_text(encoding="utf-8").splitlines()) == 1 + len(graph["edges"])
     # Again: every answer from the cache, byte-identical files.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = cli(extract_book_cmd(book_server, book_dir, out), pipeline_project)
+    again = cli(extract_book_cmd(book_server, book_dir, out, "--min-confidence", "0"), pipeline_project)
     assert requested(again.stderr)[1] == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     if sure:  # --min-confidence keeps exactly the edges stated once with at least that probability
@@ -137,12 +139,19 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
         assert kept["edges"] and all(e["confidence"] >= cut for e in kept["edges"])
         assert len(kept["edges"]) <= sum(c >= cut for c in sure)
         assert any(r["reason"].startswith("confidence ") for r in kept["rejected"]) == (min(sure) < cut)
+    # Unset, the cut is DEFAULT_MIN_CONFIDENCE, recorded in the graph's settings
+    cli(extract_book_cmd(book_server, book_dir, tmp_path / "default", "--cache", str(out / "cache.jsonl")),
+        pipeline_project)
+    default = json.loads((tmp_path / "default" / "graph.json").read_text(encoding="utf-8"))
+    assert default["settings"]["min_confidence"] == DEFAULT_MIN_CONFIDENCE > 0
+    assert all(e["confidence"] >= DEFAULT_MIN_CONFIDENCE for e in default["edges"])
+    assert len(default["edges"]) <= sum(c >= DEFAULT_MIN_CONFIDENCE for c in sure)
     # --min-mentions leaves out the relations naming a person the book names fewer times
     if graph["nodes"]:
         least = max(n["mentions"] for n in graph["nodes"])
         rare = {n["id"] for n in graph["nodes"] if n["mentions"] < least}
         cli(extract_book_cmd(book_server, book_dir, tmp_path / "rare", "--cache", str(out / "cache.jsonl"),
-                             "--min-mentions", str(least)), pipeline_project)
+                             "--min-mentions", str(least), "--min-confidence", "0"), pipeline_project)
         common = json.loads((tmp_path / "rare" / "graph.json").read_text(encoding="utf-8"))
         assert common["settings"]["min_mentions"] == least
         dropped = [r for r in common["rejected"] if r["reason"].endswith(f" time(s) in the book, fewer than {least}")]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from helpers import ROOT
-from relsft.book.aliases import FILE, GIVEN_NAME, SEVERAL, AliasFile, read_alias_file
+from relsft.book.aliases import FILE, GIVEN_NAME, SEVERAL, STRAY, AliasFile, read_alias_file
 from relsft.book.extract import AnswerCache, Endpoint, answer_all, grounded_graph
 from relsft.book.graph import build_graph, grounded, write_outputs
 from relsft.book.split import Chapter, fit_sentences, passages, read_book, split_chapters, split_sentences
@@ -244,7 +244,9 @@ def test_an_alias_file_forces_and_undoes_merges(tmp_path):
                                  "士隐": "甄士隐"}, frozenset({"黛玉"}))
     answers = ANSWERS + ["王宝玉-贾政:好友", "士隐-甄士隐:好友\n士隐-贾政:好友"]
     without, _ = people(answers)
-    assert edge(without, "士隐", "甄士隐", "好友")  # 甄 is no surname of surnames.txt: two people
+    # 甄 is no surname of surnames.txt, but 甄士隐 is written once: 士隐 with a stray character
+    assert {"into": "士隐", "names": ["甄士隐"], "reason": STRAY} in without["merges"]
+    assert {"passage": 4, "line": "士隐-甄士隐:好友", "reason": "one person twice (士隐)"} in without["rejected"]
     graph, nodes = people(answers, aliases)
     assert graph["merges"] == [{"into": "甄士隐", "names": ["士隐"], "reason": FILE},
                                {"into": "贾宝玉", "names": ["宝玉"], "reason": FILE}]  # despite 王宝玉
@@ -260,6 +262,28 @@ def test_an_alias_file_forces_and_undoes_merges(tmp_path):
         read_alias_file(alias_file)
     with pytest.raises(FileNotFoundError, match="no such alias file"):
         read_alias_file(tmp_path / "missing.tsv")
+
+
+STRAYS = [Chapter("第一回", "贾代化袭了官，其子贾敬。贾敬是贾代化的儿子。薛蟠父早亡，留下薛蟠和宝钗。宝钗道好。宝钗道谢。")]
+
+
+def test_a_name_with_a_stray_character_merges_into_the_name_inside_it():
+    _, book = passages(STRAYS, max_chars=20, overlap=0)
+    answers = ["贾代化袭-贾敬:父子", "贾代化-贾敬:父子", "薛蟠父-宝钗:父女\n薛蟠-宝钗:兄弟", "宝钗道-薛蟠:兄弟"]
+    graph = build_graph(STRAYS, book[:4], answers, VOCABULARY)
+    nodes = {n["id"]: n["names"] for n in graph["nodes"]}
+    # 贾代化袭 is written once (the answer copied 袭 of 袭了官); 薛蟠父 is 薛蟠's father (父 names another
+    # person); 宝钗道 is written twice (a string the text repeats is not one slip): both stay apart
+    assert graph["merges"] == [{"into": "贾代化", "names": ["贾代化袭"], "reason": STRAY}]
+    assert nodes == {"贾代化": ["贾代化", "贾代化袭"], "贾敬": ["贾敬"], "薛蟠父": ["薛蟠父"], "薛蟠": ["薛蟠"],
+                     "宝钗": ["宝钗"], "宝钗道": ["宝钗道"]}
+    assert [ev["passage"] for ev in edge(graph, "贾代化", "贾敬", "父子")["evidence"]] == [0, 1]
+    # the alias file undoes it (`!name`) or forces another reading
+    kept = build_graph(STRAYS, book[:4], answers, VOCABULARY, AliasFile(apart=frozenset({"贾代化袭"})))
+    assert kept["merges"] == [] and edge(kept, "贾代化袭", "贾敬", "父子")
+    # without the book's text (resolve's default) the rule is off
+    from relsft.book.aliases import resolve
+    assert resolve({"贾代化袭", "贾代化"}).merges == []
 
 
 def test_the_files_carry_the_merges(tmp_path):
