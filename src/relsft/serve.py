@@ -116,7 +116,7 @@ class ServeSettings:
     enable_lora: bool = setting(False, "serve unmerged LoRA adapters on --model (their base); see --lora-modules")
     lora_modules: dict[str, str] = setting(factory=dict, flag_help="adapters, requested as model NAME")
     max_lora_rank: int = setting(0, "0: the largest adapter rank")
-    pin_engine_core: bool = setting(True, "CPU: the engine core on the model worker's core (steadier streaming)")
+    pin_engine_core: bool = setting(True, "CPU: the engine core on the model's cores (steadier streaming)")
     reserved_cores: int = setting(-1, "CPU: cores vLLM keeps off the model for its API server "
                                   "(VLLM_CPU_NUM_OF_RESERVED_CPU); -1: none on 2 cores or fewer, else vLLM's default")
     # vLLM's own flags, for code (bench/serve.py): as flag values they would read as relsft's flags.
@@ -200,7 +200,7 @@ def vllm_env(s: ServeSettings, api_key: str) -> dict[str, str]:
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(s.reserved_cores)
         elif len(os.sched_getaffinity(0)) <= 2:
             # vLLM keeps a core for the API server; on 2 cores that halves the model's. Prefill is
-            # compute-bound: the default reads 1.7x the passages/s with both cores, the tests' tiny
+            # compute-bound: the default reads 1.6-1.95x the passages/s with both cores, the tests' tiny
             # model ~10% fewer (bench/extract_book.py --reserved-cores, docs/experiments.md).
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     return env
@@ -280,11 +280,12 @@ class VLLMServer:
         return found
 
     def pin_engine_core(self) -> None:
-        """Put the engine core's busy loop on the model worker's core, off the API server's.
+        """Put the engine core's busy loop on the model's cores, off a core kept for the API server.
 
-        vLLM binds the worker's threads to one core and leaves the other to the API server, but the
-        engine core process floats; busy-waiting on the API server's core it made streamed chunks
-        bunch up under load (measured on 2 cores, see PLATFORM.md). Best effort: skipped if not found.
+        Where vLLM keeps a core for the API server (`reserved_cores`), the engine core process still
+        floats; busy-waiting on the API server's core it made streamed chunks bunch up under load
+        (measured on 2 cores, see PLATFORM.md). Where the model has every core, nothing is pinned.
+        Best effort: skipped if not found.
         """
         procs = self.group_processes()
         workers = [pid for pid, name in procs.items() if name.startswith("VLLM::Worker")]
