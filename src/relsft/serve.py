@@ -200,7 +200,7 @@ def vllm_env(s: ServeSettings, api_key: str) -> dict[str, str]:
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(s.reserved_cores)
         elif len(os.sched_getaffinity(0)) <= 2:
             # vLLM keeps a core for the API server; on 2 cores that halves the model's. Prefill is
-            # compute-bound: the default reads 1.6-1.95x the passages/s with both cores, the tests' tiny
+            # compute-bound: the default reads 1.6-1.9x the passages/s with both cores, the tests' tiny
             # model ~10% fewer (bench/extract_book.py --reserved-cores, docs/experiments.md).
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     return env
