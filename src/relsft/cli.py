@@ -97,6 +97,9 @@ def add_extract_book_args(p):
     p.add_argument("--min-mentions", type=int, default=1, metavar="N",
                    help="drop relations naming a person the book names fewer than N times (most one-off "
                         "'names' are clause fragments; default 1: keep all)")
+    p.add_argument("--no-sex-check", action="store_true",
+                   help="keep answer lines whose label needs a sex the book's other lines deny its person "
+                        "(宝玉-黛玉:姐妹 where most lines make 宝玉 a man; dropped by default, under `rejected`)")
 
 
 def cmd_ui(args, params):

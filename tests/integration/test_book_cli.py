@@ -146,6 +146,14 @@ def test_extract_book_matches_inprocess_answers(book_server, book_dir, expected_
     assert default["settings"]["min_confidence"] == DEFAULT_MIN_CONFIDENCE > 0
     assert all(e["confidence"] >= DEFAULT_MIN_CONFIDENCE for e in default["edges"])
     assert len(default["edges"]) <= sum(c >= DEFAULT_MIN_CONFIDENCE for c in sure)
+    # --no-sex-check keeps the lines the sex check dropped, and only those: rejected lists the rest alike
+    cli(extract_book_cmd(book_server, book_dir, tmp_path / "sexless", "--cache", str(out / "cache.jsonl"),
+                         "--min-confidence", "0", "--no-sex-check"), pipeline_project)
+    sexless = json.loads((tmp_path / "sexless" / "graph.json").read_text(encoding="utf-8"))
+    assert sexless["settings"]["sex_check"] is False and graph["settings"]["sex_check"] is True
+    sexed = [r for r in graph["rejected"] if " needs other sexes: " in r["reason"]]
+    assert [r for r in graph["rejected"] if r not in sexed] == sexless["rejected"]
+    assert (len(sexless["edges"]) > len(graph["edges"])) <= bool(sexed)
     # --min-mentions leaves out the relations naming a person the book names fewer times
     if graph["nodes"]:
         least = max(n["mentions"] for n in graph["nodes"])

@@ -27,6 +27,7 @@ import pytest
 
 from taught import (STORY, STORY_MAX_CHARS, TAUGHT_KEY, inprocess_answers, inprocess_graph, story_examples,
                     without_confidence)
+from relsft.book.graph import DEFAULT_MIN_CONFIDENCE
 from relsft.book.split import Chapter
 from relsft.serve import free_port
 
@@ -213,6 +214,16 @@ def test_an_uploaded_chapter_grows_the_graph_and_an_edge_shows_its_evidence(ui, 
     g = nx.read_graphml(urllib.request.urlopen(graphml, timeout=10))
     assert g.number_of_nodes() == len(expected["nodes"]) and g.number_of_edges() == len(expected["edges"])
 
+    # The slider starts at extract-book's default cut; at 0 every relation is drawn.
+    slide = "(v) => { const s = document.querySelector('#min-confidence'); s.value = v; s.dispatchEvent(new Event('input')); }"
+    drawn_edges = "() => relsftGraph.edges().filter((e) => e.style('display') === 'element').length"
+    sure = sum(c >= DEFAULT_MIN_CONFIDENCE for c in confidences)
+    assert page.input_value("#min-confidence") == str(DEFAULT_MIN_CONFIDENCE)
+    assert page.evaluate(drawn_edges) == sure
+    assert page.inner_text("#shown") == f"{sure} of {len(confidences)} relations shown"
+    page.evaluate(slide, "0")
+    assert page.evaluate(drawn_edges) == len(confidences)
+
     # Click the edge with the most evidence where it is drawn: the panel shows every passage stating it.
     edge = max(expected["edges"], key=lambda e: len(e["evidence"]))
     assert len(edge["evidence"]) >= 2  # overlapping passages both state it
@@ -239,8 +250,6 @@ def test_an_uploaded_chapter_grows_the_graph_and_an_edge_shows_its_evidence(ui, 
     threshold = min(1.0, (math.floor(min(confidences) * 20) + 1) / 20)  # the slider's step above the least sure
     unsure = sum(c < threshold for c in confidences)
     assert unsure >= 1 or min(confidences) == 1.0, confidences
-    slide = "(v) => { const s = document.querySelector('#min-confidence'); s.value = v; s.dispatchEvent(new Event('input')); }"
-    drawn_edges = "() => relsftGraph.edges().filter((e) => e.style('display') === 'element').length"
     page.evaluate(slide, str(threshold))
     assert page.evaluate(drawn_edges) == len(confidences) - unsure
     assert page.inner_text("#shown") == f"{len(confidences) - unsure} of {len(confidences)} relations shown"

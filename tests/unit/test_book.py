@@ -565,3 +565,26 @@ def test_min_mentions_drops_relations_naming_a_person_the_book_names_too_rarely(
     assert [(r["line"], r["reason"]) for r in graph["rejected"]] == [
         ("张口-宝玉:好友", "张口 named 1 time(s) in the book, fewer than 2")]
     assert grounded_graph(chapters, book, answers, VOCABULARY, min_mentions=1) == everything
+
+
+def test_a_line_whose_label_needs_a_sex_the_books_lines_deny_is_dropped():
+    """宝玉 is a son twice (父子, 母子), a sister once, with less conviction: the sister line goes, with
+    its weights, and with it the edge; 夫妻 of two women goes too. 黛玉, whom the lines split evenly,
+    and 秦钟, whom no sexed label names, are held to nothing; the same lines kept pass with --no-sex-check."""
+    chapters = [Chapter("c1", "贾政与宝玉是父子。王夫人与宝玉是母子。宝玉与黛玉是姐妹。黛玉与宝钗是姐妹。"
+                              "黛玉与宝玉是兄弟。王夫人与宝钗是夫妻。秦钟与宝玉是好友。")]
+    _, book = passages(chapters, max_chars=12, overlap=0)
+    answers = ["贾政-宝玉:父子", "王夫人-宝玉:母子", "宝玉-黛玉:姐妹", "黛玉-宝钗:姐妹", "黛玉-宝玉:兄弟",
+               "王夫人-宝钗:夫妻", "秦钟-宝玉:好友"]
+    assert len(book) == len(answers)
+    sure = [{a: c} for a, c in zip(answers, (0.9, 0.8, 0.25, 0.25, 0.5, 0.6, 0.7))]
+    graph = grounded_graph(chapters, book, answers, VOCABULARY, confidences=sure)
+    assert [(e["source"], e["target"], e["relation"]) for e in graph["edges"]] == [
+        ("宝玉", "秦钟", "好友"), ("宝玉", "黛玉", "兄弟"), ("宝钗", "黛玉", "姐妹"), ("王夫人", "宝玉", "母子"),
+        ("贾政", "宝玉", "父子")]
+    assert [(r["line"], r["reason"]) for r in graph["rejected"]] == [
+        ("宝玉-黛玉:姐妹", "姐妹 needs other sexes: 宝玉 is a man by the book's lines (2.20 m, 0.25 f)"),
+        ("王夫人-宝钗:夫妻", "夫妻 needs other sexes: 王夫人 is a woman by the book's lines (0.00 m, 0.80 f); "
+                          "宝钗 is a woman by the book's lines (0.00 m, 0.25 f)")]
+    unchecked = grounded_graph(chapters, book, answers, VOCABULARY, confidences=sure, sex_check=False)
+    assert len(unchecked["edges"]) == 7 and unchecked["rejected"] == []

@@ -35,6 +35,17 @@ def test_the_key_never_reaches_the_page(raw_data_dir, tmp_path):
     assert "http" not in page.replace('href="data:,"', "") and "static/vendor/cytoscape.min.js" in page
 
 
+
+def test_the_slider_starts_at_extract_books_default_cut():
+    """The page and `relsft extract-book` show the same graph until the reader moves the slider."""
+    import re
+
+    from relsft.book.graph import DEFAULT_MIN_CONFIDENCE
+    from relsft.ui.server import STATIC
+
+    slider = re.search(r'<input id="min-confidence"[^>]*value="([0-9.]+)"', (STATIC / "index.html").read_text())
+    assert slider and float(slider.group(1)) == DEFAULT_MIN_CONFIDENCE
+
 def test_an_update_removes_the_names_a_merge_took_away(raw_data_dir):
     """宝玉 is a node until 贾宝玉 turns up: then the page must drop 宝玉 and its edges, not keep them."""
     from relsft.book.extract import grounded_graph

@@ -27,6 +27,7 @@ from ..client import Endpoint, Extraction, endpoint_from_args, served_model_id
 from ..vocabulary import RelationType, load_relations_or_packaged
 from .aliases import AliasFile, read_alias_file
 from .graph import build_graph, grounded, without_rare_names, write_outputs
+from .sexes import sex_weights, without_sex_contradictions
 from .split import Chapter, Passage, passages, read_book
 
 
@@ -157,7 +158,8 @@ async def answer_all(texts: list[str], endpoint: Endpoint, cache: AnswerCache, c
 def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | Path,
                  relations: dict[str, RelationType], max_chars: int, overlap: int, concurrency: int = 8,
                  progress: bool = True, aliases: AliasFile | None = None,
-                 min_confidence: float = 0.0, min_mentions: int = 1) -> tuple[dict[str, Any], Stats]:
+                 min_confidence: float = 0.0, min_mentions: int = 1, sex_check: bool = True
+                 ) -> tuple[dict[str, Any], Stats]:
     _, book = passages(chapters, max_chars, overlap)
     texts = [p.text for p in book]
     cache, sure = AnswerCache(cache_path), {}
@@ -167,31 +169,40 @@ def extract_book(chapters: list[Chapter], endpoint: Endpoint, cache_path: str | 
     finally:
         cache.close()
     graph = book_graph(chapters, book, answers, relations, endpoint, served, max_chars, overlap, aliases,
-                       [sure[t] for t in texts], min_confidence, min_mentions)
+                       [sure[t] for t in texts], min_confidence, min_mentions, sex_check)
     return graph, stats
 
 
 def book_graph(chapters: list[Chapter], book: list[Passage], answers: list[str], relations: dict[str, RelationType],
                endpoint: Endpoint, served: str, max_chars: int, overlap: int, aliases: AliasFile | None = None,
                confidences: list[dict[str, float] | None] | None = None, min_confidence: float = 0.0,
-               min_mentions: int = 1) -> dict[str, Any]:
+               min_mentions: int = 1, sex_check: bool = True) -> dict[str, Any]:
     """The graph written to graph.json: the grounded graph and the settings it was made with."""
-    graph = grounded_graph(chapters, book, answers, relations, aliases, confidences, min_confidence, min_mentions)
+    graph = grounded_graph(chapters, book, answers, relations, aliases, confidences, min_confidence, min_mentions,
+                           sex_check)
     graph["settings"] = {"model": endpoint.model, "served_model": served, "max_tokens": endpoint.max_tokens,
                          "max_chars": max_chars, "overlap": overlap, "min_confidence": min_confidence,
-                         "min_mentions": min_mentions}
+                         "min_mentions": min_mentions, "sex_check": sex_check}
     return graph
 
 
 def grounded_graph(chapters: list[Chapter], book: list[Passage], answers: list[str],
                    relations: dict[str, RelationType], aliases: AliasFile | None = None,
                    confidences: list[dict[str, float] | None] | None = None,
-                   min_confidence: float = 0.0, min_mentions: int = 1) -> dict[str, Any]:
-    """The graph of the answers' grounded relations, with what was rejected and why. With
-    `min_mentions` > 1 the graph is built twice: the first counts each person's mentions, the second
-    leaves out the lines naming one the book names fewer times."""
+                   min_confidence: float = 0.0, min_mentions: int = 1, sex_check: bool = True) -> dict[str, Any]:
+    """The graph of the answers' grounded relations, with what was rejected and why. Each check that
+    needs the graph's people (the lines contradicting a person's sex, sexes.py; with `min_mentions` > 1
+    the lines naming a person the book names fewer times) rebuilds it without the lines it drops."""
     kept, rejected = grounded(book, answers, relations, confidences, min_confidence)
     graph = build_graph(chapters, book, kept, relations, aliases, confidences)
+    if sex_check:
+        every, _ = grounded(book, answers, relations)  # every grounded line is evidence of a sex, the unsure too
+        person = {name: n["id"] for n in graph["nodes"] for name in n["names"]}
+        weights = sex_weights(every, relations, person, confidences)
+        kept, dropped = without_sex_contradictions(book, kept, relations, person, weights)
+        if dropped:
+            rejected += dropped
+            graph = build_graph(chapters, book, kept, relations, aliases, confidences)
     rare = {name: n["mentions"] for n in graph["nodes"] if n["mentions"] < min_mentions for name in n["names"]}
     if rare:
         kept, dropped = without_rare_names(book, kept, rare, min_mentions)
@@ -214,10 +225,10 @@ def run_cli(args, params: dict[str, Any]) -> None:
     relations, aliases = book_inputs(args)
     graph, stats = extract_book(read_book(args.file), endpoint, args.cache or out / "cache.jsonl", relations,
                                 args.max_chars, args.overlap, args.concurrency, not args.no_progress, aliases,
-                                args.min_confidence, args.min_mentions)
+                                args.min_confidence, args.min_mentions, not args.no_sex_check)
     print(f"extract-book: {stats.line()}", file=sys.stderr, flush=True)
     paths = write_outputs(graph, out)
     print(f"extract-book: {len(graph['nodes'])} characters ({len(graph['merges'])} merges of names, "
           f"{len(graph['kept_apart'])} names kept apart), {len(graph['edges'])} relations, "
-          f"{len(graph['conflicts'])} conflicts, {len(graph['rejected'])} answer lines rejected as ungrounded "
-          f"-> {', '.join(map(str, paths))}")
+          f"{len(graph['conflicts'])} conflicts, {len(graph['rejected'])} answer lines rejected (with their reasons "
+          f"in graph.json) -> {', '.join(map(str, paths))}")

@@ -14,7 +14,8 @@ order the model wrote; an asymmetric one points the bond's way (师徒: master �
 A relation enters the graph only if its passage supports it (`grounded`): both names are written
 in the passage, they differ, and the label is one of relations.tsv. The rest is listed under
 `rejected` with the reason, so a model that copies a clause fragment as a name or invents a label
-adds no character and no edge; so is a line whose two names turn out to be one person.
+adds no character and no edge; so is a line whose two names turn out to be one person, and one whose
+label needs a sex the book's other lines deny its person (sexes.py).
 
 A pair with more than one edge is a conflict: one bond both ways (A father of B and B father of A)
 or several bonds (好友 and 敌对: a story can turn friends into enemies, so both are shown, each with
@@ -30,7 +31,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..files import atomic_file, write_json
 from ..relations import parse_line, parse_output
@@ -67,25 +68,15 @@ def evidence(passage: Passage, chapters: list[Chapter], lines: list[str]) -> dic
             "lines": lines}
 
 
-def grounded(passages: list[Passage], answers: list[str], vocabulary: set[str] | dict[str, RelationType],
-             confidences: list[dict[str, float] | None] | None = None,
-             min_confidence: float = 0.0) -> tuple[list[str], list[dict[str, Any]]]:
-    """Each answer with only the relations its passage supports and the model was at least
-    `min_confidence` sure of (a line of unknown confidence is kept; unparsed lines are kept, for
-    `unparsed`), and the dropped lines with their reason."""
+def drop_lines(passages: list[Passage], answers: list[str],
+               why: Callable[[int, Passage, str], str | None]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each answer without the lines `why(i, passages[i], line)` gives a reason for, and those lines
+    with their reason."""
     kept, rejected = [], []
     for i, (p, answer) in enumerate(zip(passages, answers)):
-        sure = (confidences[i] if confidences else None) or {}
         lines = []
         for line in answer.strip().splitlines():
-            r = parse_line(line)
-            reason = None if r is None else (
-                "the same name twice" if r.a == r.b else
-                "a name not in the passage" if r.a not in p.text or r.b not in p.text else
-                "a relation not in relations.tsv" if r.rel not in vocabulary else
-                f"confidence {sure[line.strip()]:.3f} below {min_confidence}"
-                if sure.get(line.strip(), 1.0) < min_confidence else None)
-            if reason:
+            if reason := why(i, p, line):
                 rejected.append({"passage": p.index, "line": line.strip(), "reason": reason})
             else:
                 lines.append(line)
@@ -93,24 +84,36 @@ def grounded(passages: list[Passage], answers: list[str], vocabulary: set[str] |
     return kept, rejected
 
 
+def grounded(passages: list[Passage], answers: list[str], vocabulary: set[str] | dict[str, RelationType],
+             confidences: list[dict[str, float] | None] | None = None,
+             min_confidence: float = 0.0) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each answer with only the relations its passage supports and the model was at least
+    `min_confidence` sure of (a line of unknown confidence is kept; unparsed lines are kept, for
+    `unparsed`), and the dropped lines with their reason."""
+    def why(i: int, p: Passage, line: str) -> str | None:
+        r = parse_line(line)
+        sure = (confidences[i] if confidences else None) or {}
+        return None if r is None else (
+            "the same name twice" if r.a == r.b else
+            "a name not in the passage" if r.a not in p.text or r.b not in p.text else
+            "a relation not in relations.tsv" if r.rel not in vocabulary else
+            f"confidence {sure[line.strip()]:.3f} below {min_confidence}"
+            if sure.get(line.strip(), 1.0) < min_confidence else None)
+
+    return drop_lines(passages, answers, why)
+
+
 def without_rare_names(passages: list[Passage], answers: list[str], rare: dict[str, int],
                        min_mentions: int) -> tuple[list[str], list[dict[str, Any]]]:
     """Each answer without the lines naming a person the book names fewer than `min_mentions` times
     (`rare`: name -> mentions). Most such names are a clause fragment or a poem's word taken for a
     name; a character the book really names once is lost with them."""
-    kept, rejected = [], []
-    for p, answer in zip(passages, answers):
-        lines = []
-        for line in answer.splitlines():
-            r = parse_line(line)
-            name = next((n for n in (r.a, r.b) if n in rare), None) if r else None
-            if name:
-                rejected.append({"passage": p.index, "line": line.strip(),
-                                 "reason": f"{name} named {rare[name]} time(s) in the book, fewer than {min_mentions}"})
-            else:
-                lines.append(line)
-        kept.append("\n".join(lines))
-    return kept, rejected
+    def why(_: int, __: Passage, line: str) -> str | None:
+        r = parse_line(line)
+        name = next((n for n in (r.a, r.b) if n in rare), None) if r else None
+        return f"{name} named {rare[name]} time(s) in the book, fewer than {min_mentions}" if name else None
+
+    return drop_lines(passages, answers, why)
 
 
 def mentions(names: list[str], chapters: list[Chapter]) -> int:

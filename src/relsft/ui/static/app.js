@@ -226,7 +226,7 @@ function build() {
           people = { merges: data.merges, kept_apart: data.kept_apart };
           upsert(data.nodes, data.edges, data.removed);
           $("progress").textContent = `${data.done} / ${data.total} passages answered · ${cy.nodes().length} ` +
-            `characters · ${cy.edges().length} relations · ${data.rejected} answer lines rejected as ungrounded`;
+            `characters · ${cy.edges().length} relations · ${data.rejected} answer lines rejected`;
         }
         if (event === "done") {
           for (const [key, file] of [["json", "graph.json"], ["graphml", "graph.graphml"], ["csv", "relations.csv"]]) {
